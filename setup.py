@@ -1,0 +1,37 @@
+# Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
+from pathlib import Path
+
+from setuptools import setup
+
+here = Path(__file__).parent
+version = next(
+    line.split('"')[1]
+    for line in (here / "src" / "storm_hf" / "__init__.py").read_text().splitlines()
+    if line.startswith("__version__")
+)
+
+setup(
+    name="storm_hf",
+    version=version,
+    description="STORM video LLM (Mamba temporal encoder + token reduction) for Hugging Face transformers",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=["storm_hf"],
+    python_requires=">=3.10",
+    install_requires=[
+        # On a CPU-only machine install torch==2.13.0 first (see the README): an unpinned torch pulls CUDA wheels.
+        "torch>=2.4",
+        # Supported range: transformers 5.24 (the release this code is written and tested against) up to 6.
+        "transformers>=5.24,<6",
+        "safetensors>=0.4",
+        "huggingface_hub>=1.0",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        "dev": ["pytest>=8"],
+        # Fused CUDA kernels, used when present and tensors are on CUDA; never required.
+        "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
+    },
+)

@@ -1,0 +1,377 @@
+# Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
+"""The Mamba-1 selective scan: a fast pure-PyTorch path, a sequential reference, and the CUDA kernel seam.
+
+The recurrence, per batch row, channel ``d`` and state ``n``::
+
+    delta_t = softplus(delta_t + delta_bias)                  (when delta_softplus)
+    h_t     = exp(delta_t * A[d, n]) * h_{t-1} + delta_t * B_t[n] * u_t[d]
+    y_t[d]  = sum_n C_t[n] * h_t[d, n]  +  D[d] * u_t[d]
+    y_t     = y_t * silu(z_t)                                 (when z is given)
+
+All functions here take the *sequence-major* layout used by the rest of storm_hf:
+``u, delta, z: (batch, length, d_inner)``, ``B, C: (batch, length, d_state)``, ``A: (d_inner, d_state)``,
+``D, delta_bias: (d_inner,)``, states ``(batch, d_inner, d_state)`` (mamba_ssm's ``ssm_state`` layout).
+mamba_ssm's kernels take ``(batch, d_inner, length)``; `selective_scan` transposes at the seam.
+
+Why the pure-PyTorch path looks the way it does (measured on a 2-core CPU, d_inner 2048, d_state 16,
+length 4096; see benchmarks/RESULTS.md):
+
+* A per-timestep loop that computes ``exp(delta_t * A)`` and the state update one step at a time pays
+  ~8 kernel launches per step on scattered (d_inner, d_state) slices.
+* Log-space cumulative-sum ("parallel") forms overflow fp32 once ``delta * A`` is large, as in trained
+  models, and were no faster on CPU.
+* What is fast: cut time into blocks of a few dozen steps that fit in cache; for a block compute the
+  decays ``exp(delta * A)`` and inputs ``delta * B * u`` with a handful of large vectorised ops in a
+  contiguous ``(steps, batch, d_state, d_inner)`` layout, run the recurrence as ONE in-place ``addcmul``
+  per step on contiguous rows, and contract with ``C`` by a batched matmul. Buffers are reused.
+* Training: autograd through per-step slices is quadratic in length. The backward here is written by
+  hand: it keeps only the state at each block boundary, recomputes a block's states, runs the adjoint
+  recurrence (the same one-``addcmul``-per-step form, backwards in time) and reduces the gradients
+  with matmuls. Memory stays O(length * d_inner), never O(length * d_inner * d_state).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+# Elements of one (steps, batch, d_state, d_inner) block buffer. 2**19 fp32 values = 2 MiB: the three
+# buffers of a block stay in L2/L3 on common CPUs, which is what makes the per-block passes cheap.
+_BLOCK_ELEMENTS = 2**19
+
+
+def _steps_per_block(length: int, batch: int, d_state: int, d_inner: int) -> int:
+    return max(1, min(length, _BLOCK_ELEMENTS // max(1, batch * d_state * d_inner)))
+
+
+def _fill_decay_and_input(delta, delta_u, B, A_t, decay, states):
+    """Fill one block's decays and inputs in place.
+
+    delta, delta_u: (steps, batch, d_inner); B: (steps, batch, d_state); A_t: (d_state, d_inner)
+    decay, states: (steps, batch, d_state, d_inner) outputs.
+    """
+    torch.mul(delta.unsqueeze(2), A_t, out=decay)  # (steps, batch, d_state, d_inner)
+    decay.exp_()
+    torch.mul(delta_u.unsqueeze(2), B.unsqueeze(3), out=states)  # (steps, batch, d_state, d_inner)
+
+
+def _run_recurrence(decay, states, h_prev):
+    """h_t = decay_t * h_{t-1} + states_t, in place in `states`; one addcmul per step. Returns h_last."""
+    for decay_t, state_t in zip(decay.unbind(0), states.unbind(0)):
+        state_t.addcmul_(decay_t, h_prev)
+        h_prev = state_t
+    return h_prev
+
+
+class _SelectiveScanCore(torch.autograd.Function):
+    """The bare linear recurrence ``h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t``, ``y_t = C_t . h_t``.
+
+    Time-major fp32 inputs: delta, u: (length, batch, d_inner); B, C: (length, batch, d_state);
+    A_t: (d_state, d_inner); h0: (batch, d_state, d_inner). Returns y: (length, batch, d_inner) and
+    h_last: (batch, d_state, d_inner).
+    """
+
+    @staticmethod
+    def forward(ctx, delta, u, B, C, A_t, h0):
+        length, batch, d_inner = u.shape
+        d_state = A_t.shape[0]
+        steps = _steps_per_block(length, batch, d_state, d_inner)
+        num_blocks = math.ceil(length / steps)
+
+        delta_u = delta * u  # (length, batch, d_inner)
+        y = torch.empty_like(u)
+        decay_buf = u.new_empty(steps, batch, d_state, d_inner)
+        states_buf = u.new_empty(steps, batch, d_state, d_inner)
+        block_starts = u.new_empty(num_blocks, batch, d_state, d_inner)  # state entering each block
+
+        h = h0
+        for block in range(num_blocks):
+            t0 = block * steps
+            t1 = min(length, t0 + steps)
+            n = t1 - t0
+            decay, states = decay_buf[:n], states_buf[:n]
+            # `h` may be a row of states_buf, which the fill below overwrites: copy it out first.
+            h_start = block_starts[block]
+            h_start.copy_(h)
+            _fill_decay_and_input(delta[t0:t1], delta_u[t0:t1], B[t0:t1], A_t, decay, states)
+            h = _run_recurrence(decay, states, h_start)
+            # y_t = C_t . h_t: (n, batch, 1, d_state) @ (n, batch, d_state, d_inner) -> (n, batch, 1, d_inner)
+            torch.matmul(C[t0:t1].unsqueeze(2), states, out=y[t0:t1].unsqueeze(2))
+        h_last = h.clone()
+        ctx.save_for_backward(delta, u, B, C, A_t, block_starts)
+        ctx.steps = steps
+        return y, h_last
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h_last):
+        delta, u, B, C, A_t, block_starts = ctx.saved_tensors
+        steps = ctx.steps
+        length, batch, d_inner = u.shape
+        d_state = A_t.shape[0]
+        num_blocks = block_starts.shape[0]
+        if grad_y is None:
+            grad_y = torch.zeros_like(u)
+        grad_y = grad_y.contiguous()
+
+        delta_u = delta * u
+        grad_delta = torch.empty_like(delta)
+        grad_delta_u = torch.empty_like(u)
+        grad_B = torch.empty_like(B)
+        grad_C = torch.empty_like(C)
+        # Every block-sized temporary is allocated once: fresh MiB-sized tensors per block cost page faults.
+        decay_buf = u.new_empty(steps, batch, d_state, d_inner)
+        states_buf = u.new_empty(steps, batch, d_state, d_inner)
+        adjoint_buf = u.new_empty(steps, batch, d_state, d_inner)
+        grad_A_t = A_t.new_zeros(d_state, d_inner)
+        grad_A_block = A_t.new_empty(d_state, d_inner)
+        carry = u.new_zeros(batch, d_state, d_inner)
+        if grad_h_last is not None:
+            carry.copy_(grad_h_last)
+
+        # carry = dL/dh_{t1-1} arriving from beyond the block: decay_{t1} * G_{t1}, or grad_h_last at the end.
+        for block in reversed(range(num_blocks)):
+            t0 = block * steps
+            t1 = min(length, t0 + steps)
+            n = t1 - t0
+            decay, states, adjoint = decay_buf[:n], states_buf[:n], adjoint_buf[:n]
+            h_start = block_starts[block]
+
+            # 1. Recompute this block's decays and states from its boundary state.
+            _fill_decay_and_input(delta[t0:t1], delta_u[t0:t1], B[t0:t1], A_t, decay, states)
+            _run_recurrence(decay, states, h_start)
+            dy = grad_y[t0:t1]  # (n, batch, d_inner)
+
+            # 2. dL/dC_t = h_t . dy_t: (n, batch, d_state, d_inner) @ (n, batch, d_inner, 1)
+            torch.matmul(states, dy.unsqueeze(3), out=grad_C[t0:t1].unsqueeze(3))
+
+            # 3. Adjoint recurrence G_t = C_t (x) dy_t + decay_{t+1} * G_{t+1}, backwards in time.
+            torch.mul(C[t0:t1].unsqueeze(3), dy.unsqueeze(2), out=adjoint)  # (n, batch, d_state, d_inner)
+            adjoint_rows = adjoint.unbind(0)
+            decay_rows = decay.unbind(0)
+            adjoint_rows[n - 1].add_(carry)
+            for i in range(n - 2, -1, -1):
+                adjoint_rows[i].addcmul_(decay_rows[i + 1], adjoint_rows[i + 1])
+
+            # 4. Input gradients: dL/d(delta*u)_t = B_t . G_t and dL/dB_t = G_t . (delta*u)_t.
+            torch.matmul(B[t0:t1].unsqueeze(2), adjoint, out=grad_delta_u[t0:t1].unsqueeze(2))
+            torch.matmul(adjoint, delta_u[t0:t1].unsqueeze(3), out=grad_B[t0:t1].unsqueeze(3))
+
+            # 5. Decay gradients: W_t = dL/d(delta_t A) = G_t * h_{t-1} * decay_t, built in the decay buffer.
+            decay.mul_(adjoint)  # decay_t * G_t; row 0 is the carry into the previous block
+            carry.copy_(decay[0])
+            decay[1:].mul_(states[:-1])
+            decay[0].mul_(h_start)
+            # dL/d delta_t = sum_n W_t A and dL/dA += sum_t W_t delta_t (states is free now: scratch).
+            torch.mul(decay, A_t, out=states)
+            torch.sum(states, dim=2, out=grad_delta[t0:t1])
+            torch.mul(decay, delta[t0:t1].unsqueeze(2), out=states)
+            torch.sum(states, dim=(0, 1), out=grad_A_block)
+            grad_A_t.add_(grad_A_block)
+        grad_h0 = carry
+        grad_delta.addcmul_(grad_delta_u, u)
+        grad_u = grad_delta_u.mul_(delta)
+        return grad_delta, grad_u, grad_B, grad_C, grad_A_t, grad_h0
+
+
+def selective_scan_torch(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+):
+    """Selective scan in pure PyTorch, fast on CPU and differentiable (see the module docstring).
+
+    Args:
+        u, delta: (batch, length, d_inner) input and time step (before bias/softplus).
+        A: (d_inner, d_state), usually ``-exp(A_log)``.
+        B, C: (batch, length, d_state) input-dependent projections.
+        D: (d_inner,) skip connection, optional.
+        z: (batch, length, d_inner) gate, optional: ``y * silu(z)``.
+        delta_bias: (d_inner,) added to delta before the softplus, optional.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+        initial_state: (batch, d_inner, d_state) state before the first step (streaming), optional.
+        return_last_state: also return the state after the last step.
+
+    Returns:
+        y: (batch, length, d_inner) in u's dtype; with ``return_last_state`` also
+        last_state: (batch, d_inner, d_state) in fp32.
+
+    The recurrence runs in fp32 whatever the input dtype, as mamba_ssm does.
+    """
+    dtype_in = u.dtype
+    batch, length, d_inner = u.shape
+    d_state = A.shape[1]
+    if length == 0:
+        raise ValueError("selective_scan_torch: the sequence is empty (length 0).")
+    u32 = u.float()
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+
+    if initial_state is None:
+        h0 = u32.new_zeros(batch, d_state, d_inner)
+    else:
+        h0 = initial_state.float().transpose(1, 2).contiguous()  # (batch, d_state, d_inner)
+
+    # Time-major layout: every step of the recurrence reads and writes one contiguous row.
+    y, h_last = _SelectiveScanCore.apply(
+        delta.transpose(0, 1).contiguous(),  # (length, batch, d_inner)
+        u32.transpose(0, 1).contiguous(),
+        B.float().transpose(0, 1).contiguous(),  # (length, batch, d_state)
+        C.float().transpose(0, 1).contiguous(),
+        A.float().t().contiguous(),  # (d_state, d_inner)
+        h0,
+    )
+    y = y.transpose(0, 1)  # (batch, length, d_inner)
+    if D is not None:
+        y = y + u32 * D.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(dtype_in)
+    if return_last_state:
+        return y, h_last.transpose(1, 2)  # (batch, d_inner, d_state)
+    return y
+
+
+def selective_scan_sequential(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
+    return_last_state=False,
+):
+    """Plain per-timestep reference of the same function (same arguments as `selective_scan_torch`).
+
+    Computes in the input's dtype (pass float64 for a reference); differentiable by autograd. It is
+    slow on purpose: one step at a time, exactly the recurrence in the module docstring. Used by the
+    tests and as the baseline in benchmarks/scan.py; never on a model path.
+    """
+    batch, length, d_inner = u.shape
+    if delta_bias is not None:
+        delta = delta + delta_bias
+    if delta_softplus:
+        delta = F.softplus(delta)
+    h = u.new_zeros(batch, d_inner, A.shape[1]) if initial_state is None else initial_state.to(u.dtype)
+    ys = []
+    for t in range(length):
+        decay = torch.exp(delta[:, t, :, None] * A)  # (batch, d_inner, d_state)
+        h = decay * h + (delta[:, t] * u[:, t])[:, :, None] * B[:, t, None, :]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, t]))
+    y = torch.stack(ys, dim=1)  # (batch, length, d_inner)
+    if D is not None:
+        y = y + u * D
+    if z is not None:
+        y = y * F.silu(z)
+    return (y, h) if return_last_state else y
+
+
+# ----------------------------------------------------------------------------------------------------
+# Kernel seam: mamba_ssm's fused CUDA kernel when it imports and the tensors are on CUDA.
+# ----------------------------------------------------------------------------------------------------
+
+_MAMBA_SSM_SCAN = None
+_MAMBA_SSM_CHECKED = False
+
+
+def _mamba_ssm_scan():
+    """mamba_ssm's `selective_scan_fn`, or None when mamba_ssm is not installed (checked once)."""
+    global _MAMBA_SSM_SCAN, _MAMBA_SSM_CHECKED
+    if not _MAMBA_SSM_CHECKED:
+        _MAMBA_SSM_CHECKED = True
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        except Exception:  # ImportError, or a broken CUDA build: fall back to PyTorch
+            selective_scan_fn = None
+        _MAMBA_SSM_SCAN = selective_scan_fn
+    return _MAMBA_SSM_SCAN
+
+
+def fused_scan_available(device: torch.device | str) -> bool:
+    """True when `selective_scan` would use mamba_ssm's kernel for tensors on `device`."""
+    return torch.device(device).type == "cuda" and _mamba_ssm_scan() is not None
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
+    return_last_state=False, use_kernel: bool = True,
+):
+    """Selective scan, dispatching on the tensors' device (same arguments as `selective_scan_torch`).
+
+    mamba_ssm's fused kernel is used only when ``use_kernel`` is true, mamba_ssm imports and ``u`` is on
+    CUDA; it has no initial-state input, so streaming with a carried state always uses the PyTorch path.
+    """
+    kernel = _mamba_ssm_scan() if use_kernel and u.is_cuda and initial_state is None else None
+    if kernel is None:
+        return selective_scan_torch(
+            u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+            initial_state=initial_state, return_last_state=return_last_state,
+        )
+    out = kernel(
+        u.transpose(1, 2).contiguous(),  # (batch, d_inner, length)
+        delta.transpose(1, 2).contiguous(),
+        A.float(),
+        B.transpose(1, 2).contiguous(),  # (batch, d_state, length)
+        C.transpose(1, 2).contiguous(),
+        D=None if D is None else D.float(),
+        z=None if z is None else z.transpose(1, 2).contiguous(),
+        delta_bias=None if delta_bias is None else delta_bias.float(),
+        delta_softplus=delta_softplus,
+        return_last_state=return_last_state,
+    )
+    if return_last_state:
+        y, last_state = out
+        return y.transpose(1, 2), last_state
+    return out.transpose(1, 2)
+
+
+_CAUSAL_CONV1D = None
+_CAUSAL_CONV1D_CHECKED = False
+
+
+def _causal_conv1d_kernel():
+    """causal_conv1d's `causal_conv1d_fn`, or None when the package is not installed (checked once)."""
+    global _CAUSAL_CONV1D, _CAUSAL_CONV1D_CHECKED
+    if not _CAUSAL_CONV1D_CHECKED:
+        _CAUSAL_CONV1D_CHECKED = True
+        try:
+            from causal_conv1d import causal_conv1d_fn
+        except Exception:
+            causal_conv1d_fn = None
+        _CAUSAL_CONV1D = causal_conv1d_fn
+    return _CAUSAL_CONV1D
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    prefix: torch.Tensor | None = None,
+    use_kernel: bool = True,
+) -> torch.Tensor:
+    """Causal depthwise convolution over time (no activation), as Mamba's ``conv1d(x)[..., :length]``.
+
+    Args:
+        x: (batch, d_inner, length).
+        weight: (d_inner, width); bias: (d_inner,) or None.
+        prefix: (batch, d_inner, width - 1), the inputs just before ``x`` in a stream; zeros when None.
+    Returns:
+        (batch, d_inner, length).
+    """
+    kernel = _causal_conv1d_kernel() if use_kernel and x.is_cuda and prefix is None else None
+    if kernel is not None:
+        return kernel(x.contiguous(), weight, bias, activation=None)
+    width = weight.shape[1]
+    if prefix is None:
+        x_full = F.pad(x, (width - 1, 0))
+    else:
+        x_full = torch.cat([prefix, x], dim=-1)  # (batch, d_inner, width - 1 + length)
+    return F.conv1d(x_full, weight.unsqueeze(1), bias, groups=weight.shape[0])
