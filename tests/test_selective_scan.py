@@ -1,0 +1,119 @@
+"""The pure-PyTorch scan against the float64 per-step reference, forward and every gradient."""
+
+import pytest
+import torch
+
+from storm_hf.selective_scan import (
+    causal_conv1d,
+    fused_scan_available,
+    selective_scan,
+    selective_scan_sequential,
+    selective_scan_torch,
+)
+
+
+def make_inputs(batch, length, d_inner, d_state, dtype=torch.float64, seed=0, large_delta=False):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    delta = r(batch, length, d_inner) * (2.0 if large_delta else 0.5) + (3.0 if large_delta else 0.0)
+    inputs = dict(
+        u=r(batch, length, d_inner), delta=delta, A=-torch.exp(r(d_inner, d_state) * 0.5),
+        B=r(batch, length, d_state), C=r(batch, length, d_state), D=r(d_inner), z=r(batch, length, d_inner),
+        delta_bias=r(d_inner) * 0.1, initial_state=r(batch, d_inner, d_state),
+    )
+    return {k: v.to(dtype).requires_grad_() for k, v in inputs.items()}
+
+
+def rel_err(actual, reference):
+    return ((actual.double() - reference).abs().max() / reference.abs().max()).item()
+
+
+@pytest.mark.parametrize(
+    "batch,length,d_inner,d_state",
+    [(1, 1, 8, 4), (2, 37, 16, 4), (3, 300, 64, 16), (1, 1100, 32, 8)],  # one step, ragged and many blocks
+)
+@pytest.mark.parametrize("large_delta", [False, True])
+def test_forward_and_gradients_match_float64_reference(batch, length, d_inner, d_state, large_delta):
+    fast = make_inputs(batch, length, d_inner, d_state, torch.float32, large_delta=large_delta)
+    ref = make_inputs(batch, length, d_inner, d_state, torch.float64, large_delta=large_delta)
+    y, last = selective_scan_torch(**fast, delta_softplus=True, return_last_state=True)
+    y_ref, last_ref = selective_scan_sequential(**ref, delta_softplus=True, return_last_state=True)
+    assert y.dtype == torch.float32 and y.shape == (batch, length, d_inner)
+    assert last.shape == (batch, d_inner, d_state)
+    assert rel_err(y, y_ref) < 1e-4
+    assert rel_err(last, last_ref) < 1e-4
+
+    g = torch.Generator().manual_seed(1)
+    grad_y = torch.randn(y_ref.shape, generator=g, dtype=torch.float64)
+    grad_last = torch.randn(last_ref.shape, generator=g, dtype=torch.float64)
+    ((y.double() * grad_y).sum() + (last.double() * grad_last).sum()).backward()
+    ((y_ref * grad_y).sum() + (last_ref * grad_last).sum()).backward()
+    for name in fast:
+        assert rel_err(fast[name].grad, ref[name].grad) < 1e-4, name
+
+
+def test_optional_arguments_off():
+    fast = make_inputs(2, 50, 16, 4, torch.float32)
+    ref = make_inputs(2, 50, 16, 4, torch.float64)
+    keep = ("u", "delta", "A", "B", "C")
+    y = selective_scan_torch(*(fast[k] for k in keep))
+    y_ref = selective_scan_sequential(*(ref[k] for k in keep))
+    assert rel_err(y, y_ref) < 1e-4
+
+
+def test_chunked_calls_with_carried_state_equal_one_call():
+    x = make_inputs(2, 90, 16, 4, torch.float32)
+    whole = selective_scan_torch(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    state, outputs = None, []
+    for start, stop in ((0, 1), (1, 40), (40, 90)):
+        sl = lambda t: t[:, start:stop]  # noqa: E731
+        y, state = selective_scan_torch(
+            sl(x["u"]), sl(x["delta"]), x["A"], sl(x["B"]), sl(x["C"]), x["D"], sl(x["z"]), x["delta_bias"], True,
+            initial_state=state, return_last_state=True,
+        )
+        outputs.append(y)
+    torch.testing.assert_close(torch.cat(outputs, dim=1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_inputs_compute_in_float32():
+    x = make_inputs(1, 64, 16, 4, torch.float32)
+    y32 = selective_scan_torch(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    bf = {k: v.detach().bfloat16() for k, v in x.items()}
+    y16 = selective_scan_torch(bf["u"], bf["delta"], bf["A"], bf["B"], bf["C"], bf["D"], bf["z"], bf["delta_bias"], True)
+    assert y16.dtype == torch.bfloat16
+    assert rel_err(y16.float(), y32.double()) < 5e-2
+
+
+def test_empty_sequence_raises():
+    x = make_inputs(1, 4, 8, 4, torch.float32)
+    with pytest.raises(ValueError, match="empty"):
+        selective_scan_torch(x["u"][:, :0], x["delta"][:, :0], x["A"], x["B"][:, :0], x["C"][:, :0])
+
+
+def test_seam_uses_torch_on_cpu():
+    assert not fused_scan_available("cpu")
+    x = make_inputs(1, 20, 8, 4, torch.float32)
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    torch.testing.assert_close(selective_scan(*args), selective_scan_torch(*args))
+
+
+def test_causal_conv1d_with_prefix_equals_whole_sequence():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 20, generator=g)
+    w = torch.randn(6, 4, generator=g)
+    b = torch.randn(6, generator=g)
+    whole = causal_conv1d(x, w, b)
+    reference = torch.nn.functional.conv1d(x, w.unsqueeze(1), b, padding=3, groups=6)[..., :20]
+    torch.testing.assert_close(whole, reference)
+    tail = causal_conv1d(x[..., 12:], w, b, prefix=x[..., 9:12])
+    torch.testing.assert_close(tail, whole[..., 12:])
+
+
+@pytest.mark.skipif(not fused_scan_available("cuda") if torch.cuda.is_available() else True,
+                    reason="needs mamba_ssm and a CUDA GPU")
+def test_fused_kernel_agrees_with_torch_path():
+    x = {k: v.detach().float().cuda() for k, v in make_inputs(2, 512, 64, 16, torch.float32).items()}
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    fused = selective_scan(*args)
+    torch_path = selective_scan(*args, use_kernel=False)
+    assert rel_err(fused, torch_path.double()) < 1e-4

@@ -1,0 +1,174 @@
+"""The Mamba mixer (mamba_ssm names, shapes, init and function) and the temporal encoder."""
+
+import math
+
+import pytest
+import torch
+from transformers import MambaConfig
+from transformers.models.mamba.modeling_mamba import MambaMixer
+
+from storm_hf import StormMambaMixer, StormTemporalEncoder
+from storm_hf.selective_scan import selective_scan_sequential
+
+from .conftest import tiny_config
+
+
+def test_parameter_names_and_shapes_are_mamba_ssm():
+    mixer = StormMambaMixer(d_model=32, d_state=16, d_conv=4, expand=2)  # dt_rank auto = ceil(32 / 16) = 2
+    shapes = {name: tuple(p.shape) for name, p in mixer.named_parameters()}
+    assert shapes == {
+        "in_proj.weight": (128, 32),
+        "conv1d.weight": (64, 1, 4),
+        "conv1d.bias": (64,),
+        "x_proj.weight": (2 + 32, 64),
+        "dt_proj.weight": (64, 2),
+        "dt_proj.bias": (64,),
+        "A_log": (64, 16),
+        "D": (64,),
+        "out_proj.weight": (32, 64),
+    }
+    biased = StormMambaMixer(d_model=32, bias=True, conv_bias=False, dt_rank=5)
+    names = {name for name, _ in biased.named_parameters()}
+    assert {"in_proj.bias", "out_proj.bias"} <= names and "conv1d.bias" not in names
+    assert biased.x_proj.weight.shape == (5 + 32, 64)
+
+
+def test_mamba_ssm_initialisation():
+    mixer = StormMambaMixer(d_model=64, d_state=8)
+    torch.testing.assert_close(mixer.A_log, torch.log(torch.arange(1, 9.0)).expand(128, 8))
+    torch.testing.assert_close(mixer.D, torch.ones(128))
+    assert mixer.A_log.dtype == torch.float32 and mixer.A_log._no_weight_decay and mixer.D._no_weight_decay
+    dt = torch.nn.functional.softplus(mixer.dt_proj.bias)
+    assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
+    bound = mixer.dt_rank**-0.5
+    assert mixer.dt_proj.weight.abs().max() <= bound
+
+
+def mixer_reference(mixer: StormMambaMixer, x: torch.Tensor) -> torch.Tensor:
+    """mamba_simple.Mamba's non-fused forward, written out in float64 with the per-step scan."""
+    m = {k: v.double() for k, v in mixer.state_dict().items()}
+    x = x.double()
+    xz = x @ m["in_proj.weight"].T  # (batch, length, 2 * d_inner)
+    u, z = xz.chunk(2, dim=-1)
+    u = torch.nn.functional.conv1d(u.transpose(1, 2), m["conv1d.weight"], m["conv1d.bias"],
+                                   padding=mixer.d_conv - 1, groups=mixer.d_inner)[..., : x.shape[1]]
+    u = torch.nn.functional.silu(u).transpose(1, 2)
+    dt, B, C = torch.split(u @ m["x_proj.weight"].T, [mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
+    y = selective_scan_sequential(u, dt @ m["dt_proj.weight"].T, -torch.exp(m["A_log"]), B, C, m["D"], z,
+                                  m["dt_proj.bias"], delta_softplus=True)
+    return y @ m["out_proj.weight"].T
+
+
+def test_mixer_matches_sequential_float64_reference():
+    mixer = StormMambaMixer(d_model=16, d_state=4, expand=2)
+    x = torch.randn(2, 45, 16)
+    torch.testing.assert_close(mixer(x).double(), mixer_reference(mixer, x), rtol=1e-4, atol=1e-5)
+
+
+def test_weights_interchange_with_transformers_mamba_mixer():
+    """transformers' MambaMixer is an independent port of mamba_simple.Mamba with the same names."""
+    mixer = StormMambaMixer(d_model=16, d_state=8, d_conv=4, expand=2)
+    config = MambaConfig(hidden_size=16, state_size=8, conv_kernel=4, expand=2, time_step_rank=mixer.dt_rank,
+                         num_hidden_layers=1, use_bias=False, use_conv_bias=True)
+    theirs = MambaMixer(config, layer_idx=0).eval()
+    theirs.load_state_dict(mixer.state_dict())  # ours -> theirs
+    x = torch.randn(2, 33, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), mixer(x), rtol=1e-4, atol=1e-5)
+        back = StormMambaMixer(d_model=16, d_state=8, d_conv=4, expand=2)
+        back.load_state_dict(theirs.state_dict())  # theirs -> ours
+        torch.testing.assert_close(back(x), theirs(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mamba_ssm needs a CUDA GPU")
+def test_weights_interchange_with_mamba_ssm():
+    mamba_simple = pytest.importorskip("mamba_ssm.modules.mamba_simple")
+    ref = mamba_simple.Mamba(d_model=64, d_state=16, d_conv=4, expand=2).cuda()
+    ours = StormMambaMixer(d_model=64, d_state=16, d_conv=4, expand=2).cuda()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 256, 64, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-3, atol=1e-4)
+        ours.use_kernels = False
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-3, atol=1e-4)
+    ref.load_state_dict(ours.state_dict())
+
+
+def run_encoder(config, x):
+    torch.manual_seed(0)
+    encoder = StormTemporalEncoder(config).eval()
+    with torch.no_grad():
+        return encoder, encoder(x)
+
+
+def test_forward_only_output_never_depends_on_later_tokens():
+    config = tiny_config(temporal_bidirectional=False)
+    x = torch.randn(1, 40, 32)
+    encoder, out = run_encoder(config, x)
+    changed = x.clone()
+    changed[:, 25:] += torch.randn(1, 15, 32)
+    with torch.no_grad():
+        out_changed = encoder(changed)
+    torch.testing.assert_close(out_changed[:, :25], out[:, :25])
+    assert not torch.allclose(out_changed[:, 25:], out[:, 25:])
+
+
+@pytest.mark.parametrize("merge", ["add", "mean", "concat"])
+def test_bidirectional_output_depends_on_both_sides(merge):
+    config = tiny_config(temporal_direction_merge=merge)
+    x = torch.randn(1, 40, 32)
+    encoder, out = run_encoder(config, x)
+    assert out.shape == x.shape
+    with torch.no_grad():
+        early = x.clone()
+        early[:, 30:] += torch.randn(1, 10, 32)  # a change late in the sequence reaches the first tokens
+        assert not torch.allclose(encoder(early)[:, :10], out[:, :10])
+        late = x.clone()
+        late[:, :5] += torch.randn(1, 5, 32)
+        assert not torch.allclose(encoder(late)[:, 35:], out[:, 35:])
+
+
+def test_streaming_in_chunks_equals_one_call():
+    config = tiny_config(temporal_bidirectional=False, temporal_num_layers=3)
+    tokens_per_frame = config.tokens_per_frame
+    frames = torch.randn(2, 9 * tokens_per_frame, 32)
+    encoder, whole = run_encoder(config, frames)
+    state, outputs = encoder.init_state(batch_size=2), []
+    with torch.no_grad():
+        for first, last in ((0, 1), (1, 2), (2, 6), (6, 9)):  # chunks of 1, 1, 4 and 3 frames
+            chunk = frames[:, first * tokens_per_frame : last * tokens_per_frame]
+            out, state = encoder(chunk, state=state, return_state=True)
+            outputs.append(out)
+    torch.testing.assert_close(torch.cat(outputs, dim=1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_streaming_state_without_initial_state_and_single_tokens():
+    config = tiny_config(temporal_bidirectional=False)
+    x = torch.randn(1, 7, 32)
+    encoder, whole = run_encoder(config, x)
+    with torch.no_grad():
+        out, state = encoder(x[:, :1], return_state=True)  # no state in: starts a stream
+        pieces = [out]
+        for t in range(1, 7):
+            out, state = encoder(x[:, t : t + 1], state=state, return_state=True)
+            pieces.append(out)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_streaming_is_refused_for_the_bidirectional_encoder():
+    encoder = StormTemporalEncoder(tiny_config())
+    with pytest.raises(ValueError, match="forward-only"):
+        encoder(torch.randn(1, 16, 32), return_state=True)
+    with pytest.raises(ValueError, match="temporal_bidirectional=False"):
+        encoder.init_state(1)
+
+
+def test_out_proj_rescaled_for_depth():
+    from storm_hf import StormForConditionalGeneration
+
+    torch.manual_seed(0)
+    deep = StormForConditionalGeneration(tiny_config(temporal_num_layers=4))
+    bound = 1 / math.sqrt(64) / math.sqrt(4)  # kaiming_uniform(a=sqrt(5)) bound is 1/sqrt(fan_in)
+    w = deep.model.temporal_encoder.layers[0].forward_mixer.out_proj.weight
+    assert w.abs().max() <= bound * 1.0001
+    assert w.abs().max() > bound * 0.8
