@@ -15,7 +15,7 @@ from .modeling_storm import (
     StormPreTrainedModel,
     StormTemporalEncoder,
 )
-from .selective_scan import selective_scan, selective_scan_sequential, selective_scan_torch
+from .selective_scan import selective_scan_sequential, selective_scan_torch
 
 
 __version__ = "0.1.0"
@@ -33,7 +33,6 @@ __all__ = [
     "StormTemporalEncoder",
     "MambaMixerState",
     "num_video_tokens",
-    "selective_scan",
     "selective_scan_torch",
     "selective_scan_sequential",
 ]

@@ -36,6 +36,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 # Elements of one (steps, batch, d_state, d_inner) block buffer. 2**19 fp32 values = 2 MiB: the three
@@ -106,6 +107,7 @@ class _SelectiveScanCore(torch.autograd.Function):
         return y, h_last
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_y, grad_h_last):
         delta, u, B, C, A_t, block_starts = ctx.saved_tensors
         steps = ctx.steps
@@ -262,10 +264,11 @@ def selective_scan_sequential(
         delta = F.softplus(delta)
     h = u.new_zeros(batch, d_inner, A.shape[1]) if initial_state is None else initial_state.to(u.dtype)
     ys = []
-    for t in range(length):
-        decay = torch.exp(delta[:, t, :, None] * A)  # (batch, d_inner, d_state)
-        h = decay * h + (delta[:, t] * u[:, t])[:, :, None] * B[:, t, None, :]
-        ys.append(torch.einsum("bdn,bn->bd", h, C[:, t]))
+    # unbind (not indexing) so that autograd's backward stays linear in length.
+    for delta_t, u_t, B_t, C_t in zip(delta.unbind(1), u.unbind(1), B.unbind(1), C.unbind(1)):
+        decay = torch.exp(delta_t[:, :, None] * A)  # (batch, d_inner, d_state)
+        h = decay * h + (delta_t * u_t)[:, :, None] * B_t[:, None, :]
+        ys.append(torch.einsum("bdn,bn->bd", h, C_t))
     y = torch.stack(ys, dim=1)  # (batch, length, d_inner)
     if D is not None:
         y = y + u * D

@@ -1,0 +1,174 @@
+"""Selective-scan benchmark: the pure-PyTorch scan against plain per-timestep loops, side by side.
+
+    python benchmarks/scan.py                       # length 4096 and 16384, accuracy check at 4096
+    python benchmarks/scan.py --lengths 4096 --repeats 5 --compile
+
+Shapes follow one STORM mixer at d_model 1024: d_inner 2048, d_state 16, batch 1, fp32 (4096 tokens =
+64 frames x 64 tokens). Printed for each length (median of --repeats runs after one warm-up, all in this
+process, so the ratios compare like with like on a noisy machine):
+
+* `loop (ref layout)`: the plain per-step loop as mamba_ssm's `selective_scan_ref` and transformers'
+  MambaMixer slow path write it: (batch, d_inner, length) layout, decays materialised up front.
+* `loop (contiguous)`: `storm_hf.selective_scan_sequential`, a per-step loop on contiguous slices.
+* `storm_hf`: `selective_scan_torch`, forward (no grad) and forward+backward.
+* extra peak memory of one forward call (resident set, measured in a fresh subprocess).
+* relative error against the float64 per-step reference, forward and every gradient.
+"""
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from storm_hf import StormMambaMixer
+from storm_hf.selective_scan import selective_scan_sequential, selective_scan_torch
+
+
+def make_inputs(length, d_inner, d_state, seed=0):
+    """Inputs shaped like a trained mixer's: softplus(delta + bias) spans ~0.01..3, A = -exp(A_log)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return dict(
+        u=r(1, length, d_inner), delta=r(1, length, d_inner) - 1.0, A=-torch.exp(r(d_inner, d_state) * 0.5 + 0.5),
+        B=r(1, length, d_state), C=r(1, length, d_state), D=r(d_inner), z=r(1, length, d_inner),
+        delta_bias=r(d_inner) * 0.5,
+    )
+
+
+def loop_reference_layout(u, delta, A, B, C, D, z, delta_bias):
+    """The per-step loop in mamba_ssm's selective_scan_ref layout: (batch, d_inner, length) tensors, the
+    decays exp(delta * A) and inputs delta * B * u materialised for all steps, then one step at a time."""
+    u, delta, z = (t.transpose(1, 2) for t in (u, delta, z))  # (batch, d_inner, length)
+    B, C = B.transpose(1, 2), C.transpose(1, 2)  # (batch, d_state, length)
+    delta = torch.nn.functional.softplus(delta + delta_bias[:, None])
+    decay = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    delta_b_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for i in range(u.shape[2]):
+        h = decay[:, :, i] * h + delta_b_u[:, :, i]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, i]))
+    y = torch.stack(ys, dim=2) + u * D[:, None]
+    return (y * torch.nn.functional.silu(z)).transpose(1, 2)
+
+
+def call(fn, x):
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"])
+    return fn(*args) if fn is loop_reference_layout else fn(*args, delta_softplus=True)
+
+
+def median_seconds(run, repeats):
+    run()  # warm-up: first-touch page faults and allocator growth are not what we compare
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def forward_backward(fn, x):
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
+    y = call(fn, leaves)
+    y.backward(torch.ones_like(y))
+
+
+def peak_extra_memory_mb(which, length, d_inner, d_state):
+    """Resident-set growth of one call, in a fresh process (peak RSS minus RSS once inputs exist)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-probe", which, "--lengths", str(length),
+         "--d-inner", str(d_inner), "--d-state", str(d_state)],
+        capture_output=True, text=True, check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def memory_probe(which, length, d_inner, d_state):
+    x = make_inputs(length, d_inner, d_state)
+    fn = {"storm_hf": selective_scan_torch, "loop_ref": loop_reference_layout, "loop": selective_scan_sequential}[which]
+    with open("/proc/self/statm") as f:
+        rss_before = int(f.read().split()[1]) * resource.getpagesize()
+    with torch.no_grad():
+        call(fn, x)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print((peak - rss_before) / 2**20)
+
+
+def relative_errors(length, d_inner, d_state):
+    """Max-abs relative error of the fp32 scan against the float64 per-step reference (output and grads)."""
+    x32 = {k: v.clone().requires_grad_() for k, v in make_inputs(length, d_inner, d_state).items()}
+    x64 = {k: v.double().clone().requires_grad_() for k, v in make_inputs(length, d_inner, d_state).items()}
+    y32, y64 = call(selective_scan_torch, x32), call(selective_scan_sequential, x64)
+    grad = torch.randn(y64.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (y32.double() * grad).sum().backward()
+    (y64 * grad).sum().backward()
+    err = lambda a, r: ((a.double() - r).abs().max() / r.abs().max()).item()  # noqa: E731
+    errors = {"y": err(y32, y64)}
+    errors.update({f"d{k}": err(x32[k].grad, x64[k].grad) for k in x32})
+    return errors
+
+
+def mixer_figures(length, repeats):
+    """One StormMambaMixer(d_model=1024): forward and forward+backward (projections included)."""
+    mixer = StormMambaMixer(d_model=1024, d_state=16)
+    x = torch.randn(1, length, 1024)
+    with torch.no_grad():
+        forward = median_seconds(lambda: mixer(x), repeats)
+
+    def train_step():
+        mixer.zero_grad(set_to_none=True)
+        mixer(x.requires_grad_()).sum().backward()
+
+    return forward, median_seconds(train_step, repeats)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
+    parser.add_argument("--d-inner", type=int, default=2048)
+    parser.add_argument("--d-state", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-check", action="store_true", help="skip the float64 accuracy check")
+    parser.add_argument("--no-baseline-above", type=int, default=4096,
+                        help="skip the plain loops above this length (they take seconds each)")
+    parser.add_argument("--memory-probe", choices=["storm_hf", "loop_ref", "loop"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_probe:
+        return memory_probe(args.memory_probe, args.lengths[0], args.d_inner, args.d_state)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, "
+          f"d_inner {args.d_inner}, d_state {args.d_state}; median of {args.repeats} after a warm-up")
+    for length in args.lengths:
+        x = make_inputs(length, args.d_inner, args.d_state)
+        with torch.no_grad():
+            ours = median_seconds(lambda: call(selective_scan_torch, x), args.repeats)
+        ours_train = median_seconds(lambda: forward_backward(selective_scan_torch, x), args.repeats)
+        mem = peak_extra_memory_mb("storm_hf", length, args.d_inner, args.d_state)
+        print(f"\nlength {length}")
+        print(f"  storm_hf forward            {ours * 1e3:9.1f} ms   extra peak memory {mem:7.0f} MB")
+        print(f"  storm_hf forward+backward   {ours_train * 1e3:9.1f} ms   = {ours_train / ours:.2f}x its forward")
+        if length <= args.no_baseline_above:
+            with torch.no_grad():
+                ref = median_seconds(lambda: call(loop_reference_layout, x), args.repeats)
+                contiguous = median_seconds(lambda: call(selective_scan_sequential, x), args.repeats)
+            ref_mem = peak_extra_memory_mb("loop_ref", length, args.d_inner, args.d_state)
+            print(f"  loop (ref layout) forward   {ref * 1e3:9.1f} ms   extra peak memory {ref_mem:7.0f} MB"
+                  f"   -> storm_hf is {ref / ours:.1f}x faster")
+            print(f"  loop (contiguous) forward   {contiguous * 1e3:9.1f} ms"
+                  f"                               -> storm_hf is {contiguous / ours:.1f}x faster")
+        mixer_forward, mixer_train = mixer_figures(length, args.repeats)
+        print(f"  mixer d_model 1024 forward  {mixer_forward * 1e3:9.1f} ms; forward+backward "
+              f"{mixer_train * 1e3:.1f} ms = {mixer_train / mixer_forward:.2f}x")
+        if not args.no_check and length == args.lengths[0]:
+            errors = relative_errors(length, args.d_inner, args.d_state)
+            worst = max(errors, key=errors.get)
+            print(f"  max relative error vs float64 reference: {errors[worst]:.1e} ({worst}); "
+                  + ", ".join(f"{k} {v:.0e}" for k, v in errors.items()))
+
+
+if __name__ == "__main__":
+    main()
