@@ -21,13 +21,15 @@ length 4096; see benchmarks/RESULTS.md):
 * Log-space cumulative-sum ("parallel") forms overflow fp32 once ``delta * A`` is large, as in trained
   models, and were no faster on CPU.
 * What is fast: cut time into blocks of a few dozen steps that fit in cache; for a block compute the
-  decays ``exp(delta * A)`` and inputs ``delta * B * u`` with a handful of large vectorised ops in a
-  contiguous ``(steps, batch, d_state, d_inner)`` layout, run the recurrence as ONE in-place ``addcmul``
-  per step on contiguous rows, and contract with ``C`` by a batched matmul. Buffers are reused.
-* Training: autograd through per-step slices is quadratic in length. The backward here is written by
-  hand: it keeps only the state at each block boundary, recomputes a block's states, runs the adjoint
-  recurrence (the same one-``addcmul``-per-step form, backwards in time) and reduces the gradients
-  with matmuls. Memory stays O(length * d_inner), never O(length * d_inner * d_state).
+  time steps (bias + softplus), decays ``exp(delta * A)`` and inputs ``delta * B * u`` with a handful of
+  vectorised ops in a contiguous ``(steps, batch, d_state, d_inner)`` layout, run the recurrence as ONE
+  in-place ``addcmul`` per step on contiguous rows, contract with ``C`` by a batched matmul and apply the
+  ``D`` skip and ``silu(z)`` gate while the block is still in cache. Buffers are reused across blocks.
+* Without gradients nothing is kept for a backward. With gradients only the state entering each block
+  is kept: the backward (written by hand; autograd through per-step slices is quadratic in length)
+  recomputes a block's states from it, runs the adjoint recurrence backwards in time in the same
+  one-``addcmul``-per-step form and reduces the gradients with matmuls. Memory stays
+  O(length * d_inner), never O(length * d_inner * d_state).
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 
-# Elements of one (steps, batch, d_state, d_inner) block buffer. 2**19 fp32 values = 2 MiB: the three
-# buffers of a block stay in L2/L3 on common CPUs, which is what makes the per-block passes cheap.
-_BLOCK_ELEMENTS = 2**19
+# Elements of one (steps, batch, d_state, d_inner) block buffer: 2**20 fp32 values = 4 MiB (32 steps at
+# d_inner 2048, d_state 16). Measured on a 2-core CPU: 2**18..2**22 are within ~15% of each other; smaller
+# blocks make the per-step ops cheaper (cache) but add per-block launches.
+_BLOCK_ELEMENTS = 2**20
 
 
 def _steps_per_block(length: int, batch: int, d_state: int, d_inner: int) -> int:
@@ -67,115 +70,158 @@ def _run_recurrence(decay, states, h_prev):
     return h_prev
 
 
-class _SelectiveScanCore(torch.autograd.Function):
-    """The bare linear recurrence ``h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t``, ``y_t = C_t . h_t``.
+def _block_bounds(length: int, steps: int):
+    return [(t0, min(length, t0 + steps)) for t0 in range(0, length, steps)]
 
-    Time-major fp32 inputs: delta, u: (length, batch, d_inner); B, C: (length, batch, d_state);
-    A_t: (d_state, d_inner); h0: (batch, d_state, d_inner). Returns y: (length, batch, d_inner) and
-    h_last: (batch, d_state, d_inner).
+
+def _time_step(delta_raw, delta_bias, softplus):
+    """delta for one block: softplus(delta_raw + delta_bias), each part optional. (steps, batch, d_inner)."""
+    x = delta_raw if delta_bias is None else delta_raw + delta_bias
+    return F.softplus(x) if softplus else x
+
+
+def _scan_forward(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, block_starts=None):
+    """Blocked forward of the whole scan, prologue (bias, softplus) and epilogue (D skip, silu(z) gate)
+    fused into each cache-sized block. Time-major fp32 tensors (see `_SelectiveScanFn`).
+
+    Returns out: (length, batch, d_inner) and h_last: (batch, d_state, d_inner). When `block_starts`
+    (num_blocks, batch, d_state, d_inner) is given, the state entering each block is stored there.
+    """
+    length, batch, d_inner = u.shape
+    d_state = A_t.shape[0]
+    steps = _steps_per_block(length, batch, d_state, d_inner)
+    out = torch.empty_like(u)
+    decay_buf = u.new_empty(steps, batch, d_state, d_inner)
+    states_buf = u.new_empty(steps, batch, d_state, d_inner)
+    h_start = h0.clone()  # `h` may become a row of states_buf, which the next fill overwrites
+    for block, (t0, t1) in enumerate(_block_bounds(length, steps)):
+        n = t1 - t0
+        decay, states = decay_buf[:n], states_buf[:n]
+        if block_starts is not None:
+            block_starts[block].copy_(h_start)
+        dt = _time_step(delta[t0:t1], delta_bias, softplus)  # (n, batch, d_inner)
+        _fill_decay_and_input(dt, dt * u[t0:t1], B[t0:t1], A_t, decay, states)
+        h_last = _run_recurrence(decay, states, h_start)
+        y = out[t0:t1]
+        # y_t = C_t . h_t: (n, batch, 1, d_state) @ (n, batch, d_state, d_inner) -> (n, batch, 1, d_inner)
+        torch.matmul(C[t0:t1].unsqueeze(2), states, out=y.unsqueeze(2))
+        if D is not None:
+            y.addcmul_(u[t0:t1], D)
+        if z is not None:
+            y.mul_(F.silu(z[t0:t1]))
+        h_start.copy_(h_last)
+    return out, h_start
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    """The whole scan with a hand-written backward.
+
+    Time-major fp32 inputs: u, delta, z: (length, batch, d_inner); B, C: (length, batch, d_state);
+    A_t: (d_state, d_inner); D, delta_bias: (d_inner,) or None; h0: (batch, d_state, d_inner).
+    Outputs: out (length, batch, d_inner), h_last (batch, d_state, d_inner).
     """
 
     @staticmethod
-    def forward(ctx, delta, u, B, C, A_t, h0):
+    def forward(ctx, u, delta, A_t, B, C, D, z, delta_bias, h0, softplus):
         length, batch, d_inner = u.shape
-        d_state = A_t.shape[0]
-        steps = _steps_per_block(length, batch, d_state, d_inner)
-        num_blocks = math.ceil(length / steps)
-
-        delta_u = delta * u  # (length, batch, d_inner)
-        y = torch.empty_like(u)
-        decay_buf = u.new_empty(steps, batch, d_state, d_inner)
-        states_buf = u.new_empty(steps, batch, d_state, d_inner)
-        block_starts = u.new_empty(num_blocks, batch, d_state, d_inner)  # state entering each block
-
-        h = h0
-        for block in range(num_blocks):
-            t0 = block * steps
-            t1 = min(length, t0 + steps)
-            n = t1 - t0
-            decay, states = decay_buf[:n], states_buf[:n]
-            # `h` may be a row of states_buf, which the fill below overwrites: copy it out first.
-            h_start = block_starts[block]
-            h_start.copy_(h)
-            _fill_decay_and_input(delta[t0:t1], delta_u[t0:t1], B[t0:t1], A_t, decay, states)
-            h = _run_recurrence(decay, states, h_start)
-            # y_t = C_t . h_t: (n, batch, 1, d_state) @ (n, batch, d_state, d_inner) -> (n, batch, 1, d_inner)
-            torch.matmul(C[t0:t1].unsqueeze(2), states, out=y[t0:t1].unsqueeze(2))
-        h_last = h.clone()
-        ctx.save_for_backward(delta, u, B, C, A_t, block_starts)
+        steps = _steps_per_block(length, batch, A_t.shape[0], d_inner)
+        block_starts = u.new_empty(math.ceil(length / steps), batch, A_t.shape[0], d_inner)
+        out, h_last = _scan_forward(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, block_starts)
+        ctx.save_for_backward(u, delta, A_t, B, C, D, z, delta_bias, block_starts)
+        ctx.softplus = softplus
         ctx.steps = steps
-        return y, h_last
+        return out, h_last
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_y, grad_h_last):
-        delta, u, B, C, A_t, block_starts = ctx.saved_tensors
-        steps = ctx.steps
+    def backward(ctx, grad_out, grad_h_last):
+        u, delta, A_t, B, C, D, z, delta_bias, block_starts = ctx.saved_tensors
+        softplus, steps = ctx.softplus, ctx.steps
         length, batch, d_inner = u.shape
         d_state = A_t.shape[0]
-        num_blocks = block_starts.shape[0]
-        if grad_y is None:
-            grad_y = torch.zeros_like(u)
-        grad_y = grad_y.contiguous()
+        grad_out = torch.zeros_like(u) if grad_out is None else grad_out.contiguous()
 
-        delta_u = delta * u
+        grad_u = torch.empty_like(u)
         grad_delta = torch.empty_like(delta)
-        grad_delta_u = torch.empty_like(u)
         grad_B = torch.empty_like(B)
         grad_C = torch.empty_like(C)
-        # Every block-sized temporary is allocated once: fresh MiB-sized tensors per block cost page faults.
+        grad_z = torch.empty_like(z) if z is not None else None
+        # Block-sized buffers, allocated once (fresh MiB-sized tensors per block cost page faults).
         decay_buf = u.new_empty(steps, batch, d_state, d_inner)
         states_buf = u.new_empty(steps, batch, d_state, d_inner)
         adjoint_buf = u.new_empty(steps, batch, d_state, d_inner)
-        grad_A_t = A_t.new_zeros(d_state, d_inner)
-        grad_A_block = A_t.new_empty(d_state, d_inner)
-        carry = u.new_zeros(batch, d_state, d_inner)
+        grad_A_acc = u.new_zeros(steps, batch, d_state, d_inner)  # summed over (steps, batch) at the end
+        grad_D_acc = u.new_zeros(steps, batch, d_inner) if D is not None else None
+        grad_bias_acc = u.new_zeros(steps, batch, d_inner) if delta_bias is not None else None
+        carry = u.new_zeros(batch, d_state, d_inner)  # dL/dh at the end of the current block
         if grad_h_last is not None:
             carry.copy_(grad_h_last)
 
-        # carry = dL/dh_{t1-1} arriving from beyond the block: decay_{t1} * G_{t1}, or grad_h_last at the end.
-        for block in reversed(range(num_blocks)):
-            t0 = block * steps
-            t1 = min(length, t0 + steps)
+        for block, (t0, t1) in reversed(list(enumerate(_block_bounds(length, steps)))):
             n = t1 - t0
             decay, states, adjoint = decay_buf[:n], states_buf[:n], adjoint_buf[:n]
             h_start = block_starts[block]
+            u_blk, g_out = u[t0:t1], grad_out[t0:t1]  # (n, batch, d_inner)
 
-            # 1. Recompute this block's decays and states from its boundary state.
-            _fill_decay_and_input(delta[t0:t1], delta_u[t0:t1], B[t0:t1], A_t, decay, states)
+            # 1. Recompute this block's time steps, decays and states from its boundary state.
+            pre = delta[t0:t1] if delta_bias is None else delta[t0:t1] + delta_bias
+            dt = F.softplus(pre) if softplus else pre
+            dt_u = dt * u_blk
+            _fill_decay_and_input(dt, dt_u, B[t0:t1], A_t, decay, states)
             _run_recurrence(decay, states, h_start)
-            dy = grad_y[t0:t1]  # (n, batch, d_inner)
 
-            # 2. dL/dC_t = h_t . dy_t: (n, batch, d_state, d_inner) @ (n, batch, d_inner, 1)
+            # 2. Epilogue: out = (C.h + D u) * silu(z). dy = dL/d(C.h + D u).
+            if z is not None:
+                y_pre = torch.matmul(C[t0:t1].unsqueeze(2), states).squeeze(2)  # (n, batch, d_inner)
+                if D is not None:
+                    y_pre.addcmul_(u_blk, D)
+                grad_z[t0:t1] = torch.ops.aten.silu_backward(g_out * y_pre, z[t0:t1])
+                dy = g_out * F.silu(z[t0:t1])
+            else:
+                dy = g_out
+            if D is not None:
+                grad_D_acc[:n].addcmul_(dy, u_blk)
+
+            # 3. dL/dC_t = h_t . dy_t: (n, batch, d_state, d_inner) @ (n, batch, d_inner, 1)
             torch.matmul(states, dy.unsqueeze(3), out=grad_C[t0:t1].unsqueeze(3))
 
-            # 3. Adjoint recurrence G_t = C_t (x) dy_t + decay_{t+1} * G_{t+1}, backwards in time.
+            # 4. Adjoint recurrence G_t = C_t (x) dy_t + decay_{t+1} * G_{t+1}, backwards in time.
             torch.mul(C[t0:t1].unsqueeze(3), dy.unsqueeze(2), out=adjoint)  # (n, batch, d_state, d_inner)
-            adjoint_rows = adjoint.unbind(0)
-            decay_rows = decay.unbind(0)
+            adjoint_rows, decay_rows = adjoint.unbind(0), decay.unbind(0)
             adjoint_rows[n - 1].add_(carry)
             for i in range(n - 2, -1, -1):
                 adjoint_rows[i].addcmul_(decay_rows[i + 1], adjoint_rows[i + 1])
 
-            # 4. Input gradients: dL/d(delta*u)_t = B_t . G_t and dL/dB_t = G_t . (delta*u)_t.
-            torch.matmul(B[t0:t1].unsqueeze(2), adjoint, out=grad_delta_u[t0:t1].unsqueeze(2))
-            torch.matmul(adjoint, delta_u[t0:t1].unsqueeze(3), out=grad_B[t0:t1].unsqueeze(3))
+            # 5. Input term b_t = dt_t u_t B_t: dL/d(dt u)_t = B_t . G_t and dL/dB_t = G_t . (dt u)_t.
+            grad_dt_u = torch.matmul(B[t0:t1].unsqueeze(2), adjoint).squeeze(2)  # (n, batch, d_inner)
+            torch.matmul(adjoint, dt_u.unsqueeze(3), out=grad_B[t0:t1].unsqueeze(3))
 
-            # 5. Decay gradients: W_t = dL/d(delta_t A) = G_t * h_{t-1} * decay_t, built in the decay buffer.
+            # 6. Decay term: W_t = dL/d(dt_t A) = G_t * decay_t * h_{t-1}, built in the decay buffer.
             decay.mul_(adjoint)  # decay_t * G_t; row 0 is the carry into the previous block
             carry.copy_(decay[0])
             decay[1:].mul_(states[:-1])
             decay[0].mul_(h_start)
-            # dL/d delta_t = sum_n W_t A and dL/dA += sum_t W_t delta_t (states is free now: scratch).
-            torch.mul(decay, A_t, out=states)
-            torch.sum(states, dim=2, out=grad_delta[t0:t1])
-            torch.mul(decay, delta[t0:t1].unsqueeze(2), out=states)
-            torch.sum(states, dim=(0, 1), out=grad_A_block)
-            grad_A_t.add_(grad_A_block)
-        grad_h0 = carry
-        grad_delta.addcmul_(grad_delta_u, u)
-        grad_u = grad_delta_u.mul_(delta)
-        return grad_delta, grad_u, grad_B, grad_C, grad_A_t, grad_h0
+            grad_A_acc[:n].addcmul_(decay, dt.unsqueeze(2))  # dL/dA = sum_t W_t dt_t
+            torch.mul(decay, A_t, out=states)  # states is scratch now
+            grad_dt = states.sum(dim=2)  # dL/d dt_t = sum_n W_t A + ...
+            grad_dt.addcmul_(grad_dt_u, u_blk)  # ... + dL/d(dt u) u
+
+            # 7. Back through the prologue and into u.
+            grad_u_blk = grad_u[t0:t1]
+            torch.mul(grad_dt_u, dt, out=grad_u_blk)
+            if D is not None:
+                grad_u_blk.addcmul_(dy, D)
+            if softplus:  # F.softplus's backward (beta 1, threshold 20), into grad_delta directly
+                grad_delta[t0:t1] = torch.ops.aten.softplus_backward(grad_dt, pre, 1, 20)
+            else:
+                grad_delta[t0:t1] = grad_dt
+            if delta_bias is not None:
+                grad_bias_acc[:n].add_(grad_delta[t0:t1])
+
+        grad_A_t = grad_A_acc.sum(dim=(0, 1))
+        grad_D = grad_D_acc.sum(dim=(0, 1)) if D is not None else None
+        grad_bias = grad_bias_acc.sum(dim=(0, 1)) if delta_bias is not None else None
+        return grad_u, grad_delta, grad_A_t, grad_B, grad_C, grad_D, grad_z, grad_bias, carry, None
 
 
 def selective_scan_torch(
@@ -208,40 +254,33 @@ def selective_scan_torch(
         y: (batch, length, d_inner) in u's dtype; with ``return_last_state`` also
         last_state: (batch, d_inner, d_state) in fp32.
 
-    The recurrence runs in fp32 whatever the input dtype, as mamba_ssm does.
+    The recurrence runs in fp32 whatever the input dtype, as mamba_ssm does. Without gradients the
+    forward stores nothing for a backward (extra memory stays a few block buffers plus the output).
     """
     dtype_in = u.dtype
     batch, length, d_inner = u.shape
     d_state = A.shape[1]
     if length == 0:
         raise ValueError("selective_scan_torch: the sequence is empty (length 0).")
-    u32 = u.float()
-    delta = delta.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()
-    if delta_softplus:
-        delta = F.softplus(delta)
+
+    def time_major(t):  # (batch, length, x) -> contiguous fp32 (length, batch, x)
+        return None if t is None else t.float().transpose(0, 1).contiguous()
 
     if initial_state is None:
-        h0 = u32.new_zeros(batch, d_state, d_inner)
+        h0 = u.new_zeros(batch, d_state, d_inner, dtype=torch.float32)
     else:
         h0 = initial_state.float().transpose(1, 2).contiguous()  # (batch, d_state, d_inner)
-
-    # Time-major layout: every step of the recurrence reads and writes one contiguous row.
-    y, h_last = _SelectiveScanCore.apply(
-        delta.transpose(0, 1).contiguous(),  # (length, batch, d_inner)
-        u32.transpose(0, 1).contiguous(),
-        B.float().transpose(0, 1).contiguous(),  # (length, batch, d_state)
-        C.float().transpose(0, 1).contiguous(),
-        A.float().t().contiguous(),  # (d_state, d_inner)
-        h0,
+    args = (
+        time_major(u), time_major(delta), A.float().t().contiguous(), time_major(B), time_major(C),
+        None if D is None else D.float(), time_major(z), None if delta_bias is None else delta_bias.float(), h0,
+        bool(delta_softplus),
     )
-    y = y.transpose(0, 1)  # (batch, length, d_inner)
-    if D is not None:
-        y = y + u32 * D.float()
-    if z is not None:
-        y = y * F.silu(z.float())
-    y = y.to(dtype_in)
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        y, h_last = _SelectiveScanFn.apply(*args)
+    else:
+        y, h_last = _scan_forward(*args)
+    y = y.transpose(0, 1).to(dtype_in)  # (batch, length, d_inner)
     if return_last_state:
         return y, h_last.transpose(1, 2)  # (batch, d_inner, d_state)
     return y
