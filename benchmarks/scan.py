@@ -7,8 +7,10 @@ Shapes follow one STORM mixer at d_model 1024: d_inner 2048, d_state 16, batch 1
 64 frames x 64 tokens). Printed for each length (median of --repeats runs after one warm-up, all in this
 process, so the ratios compare like with like on a noisy machine):
 
-* `loop (ref layout)`: the plain per-step loop as mamba_ssm's `selective_scan_ref` and transformers'
-  MambaMixer slow path write it: (batch, d_inner, length) layout, decays materialised up front.
+* `loop (mamba_ssm layout)`: the plain per-step loop written from mamba_ssm's interface, inputs in its
+  (batch, d_inner, length) layout, one strided step at a time.
+* `loop (ref, materialised)`: the per-step loop as mamba_ssm's `selective_scan_ref` and transformers'
+  MambaMixer slow path write it: decays and inputs materialised for all steps up front.
 * `loop (contiguous)`: `storm_hf.selective_scan_sequential`, a per-step loop on contiguous slices.
 * `storm_hf`: `selective_scan_torch`, forward (no grad) and forward+backward.
 * extra peak memory of one forward call (resident set, measured in a fresh subprocess).
@@ -56,9 +58,25 @@ def loop_reference_layout(u, delta, A, B, C, D, z, delta_bias):
     return (y * torch.nn.functional.silu(z)).transpose(1, 2)
 
 
+def loop_channel_major(u, delta, A, B, C, D, z, delta_bias):
+    """The per-step loop written straight from mamba_ssm's interface: inputs kept in its (batch, d_inner,
+    length) layout and sliced one step at a time (each slice strided by `length`), nothing materialised."""
+    u, delta, z = (t.transpose(1, 2).contiguous() for t in (u, delta, z))  # (batch, d_inner, length)
+    B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (batch, d_state, length)
+    delta = torch.nn.functional.softplus(delta + delta_bias[:, None])
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for i in range(u.shape[2]):
+        decay = torch.exp(delta[:, :, i, None] * A)  # (batch, d_inner, d_state)
+        h = decay * h + (delta[:, :, i] * u[:, :, i])[:, :, None] * B[:, None, :, i]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, i]))
+    y = torch.stack(ys, dim=2) + u * D[:, None]
+    return (y * torch.nn.functional.silu(z)).transpose(1, 2)
+
+
 def call(fn, x):
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"])
-    return fn(*args) if fn is loop_reference_layout else fn(*args, delta_softplus=True)
+    return fn(*args) if fn in (loop_reference_layout, loop_channel_major) else fn(*args, delta_softplus=True)
 
 
 def median_seconds(run, repeats):
@@ -78,7 +96,7 @@ def forward_backward(fn, x):
 
 
 def peak_extra_memory_mb(which, length, d_inner, d_state):
-    """Resident-set growth of one call, in a fresh process (peak RSS minus RSS once inputs exist)."""
+    """Resident-set growth of one call, in a fresh process (peak RSS minus RSS once inputs exist; Linux)."""
     out = subprocess.run(
         [sys.executable, __file__, "--memory-probe", which, "--lengths", str(length),
          "--d-inner", str(d_inner), "--d-state", str(d_state)],
@@ -89,12 +107,15 @@ def peak_extra_memory_mb(which, length, d_inner, d_state):
 
 def memory_probe(which, length, d_inner, d_state):
     x = make_inputs(length, d_inner, d_state)
-    fn = {"storm_hf": selective_scan_torch, "loop_ref": loop_reference_layout, "loop": selective_scan_sequential}[which]
+    fn = {"storm_hf": selective_scan_torch, "loop_ref": loop_reference_layout, "loop_channel": loop_channel_major,
+          "loop": selective_scan_sequential}[which]
     with open("/proc/self/statm") as f:
         rss_before = int(f.read().split()[1]) * resource.getpagesize()
     with torch.no_grad():
         call(fn, x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    # VmHWM is this process's own peak (ru_maxrss would carry the parent's peak across fork + exec).
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
     print((peak - rss_before) / 2**20)
 
 
@@ -135,7 +156,7 @@ def main():
     parser.add_argument("--no-check", action="store_true", help="skip the float64 accuracy check")
     parser.add_argument("--no-baseline-above", type=int, default=4096,
                         help="skip the plain loops above this length (they take seconds each)")
-    parser.add_argument("--memory-probe", choices=["storm_hf", "loop_ref", "loop"], help=argparse.SUPPRESS)
+    parser.add_argument("--memory-probe", choices=["storm_hf", "loop_ref", "loop_channel", "loop"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
         return memory_probe(args.memory_probe, args.lengths[0], args.d_inner, args.d_state)
@@ -149,17 +170,19 @@ def main():
         ours_train = median_seconds(lambda: forward_backward(selective_scan_torch, x), args.repeats)
         mem = peak_extra_memory_mb("storm_hf", length, args.d_inner, args.d_state)
         print(f"\nlength {length}")
-        print(f"  storm_hf forward            {ours * 1e3:9.1f} ms   extra peak memory {mem:7.0f} MB")
-        print(f"  storm_hf forward+backward   {ours_train * 1e3:9.1f} ms   = {ours_train / ours:.2f}x its forward")
+        print(f"  {'storm_hf forward':26s}  {ours * 1e3:9.1f} ms   extra peak memory {mem:7.0f} MB")
+        print(f"  {'storm_hf forward+backward':26s}  {ours_train * 1e3:9.1f} ms   = {ours_train / ours:.2f}x its forward")
         if length <= args.no_baseline_above:
-            with torch.no_grad():
-                ref = median_seconds(lambda: call(loop_reference_layout, x), args.repeats)
-                contiguous = median_seconds(lambda: call(selective_scan_sequential, x), args.repeats)
-            ref_mem = peak_extra_memory_mb("loop_ref", length, args.d_inner, args.d_state)
-            print(f"  loop (ref layout) forward   {ref * 1e3:9.1f} ms   extra peak memory {ref_mem:7.0f} MB"
-                  f"   -> storm_hf is {ref / ours:.1f}x faster")
-            print(f"  loop (contiguous) forward   {contiguous * 1e3:9.1f} ms"
-                  f"                               -> storm_hf is {contiguous / ours:.1f}x faster")
+            for name, fn, probe in (
+                ("loop (mamba_ssm layout)", loop_channel_major, "loop_channel"),
+                ("loop (ref, materialised)", loop_reference_layout, "loop_ref"),
+                ("loop (contiguous)", selective_scan_sequential, "loop"),
+            ):
+                with torch.no_grad():
+                    seconds = median_seconds(lambda: call(fn, x), args.repeats)
+                loop_mem = peak_extra_memory_mb(probe, length, args.d_inner, args.d_state)
+                print(f"  {name:26s}  {seconds * 1e3:9.1f} ms   extra peak memory {loop_mem:7.0f} MB"
+                      f"   -> storm_hf forward is {seconds / ours:.1f}x faster")
         mixer_forward, mixer_train = mixer_figures(length, args.repeats)
         print(f"  mixer d_model 1024 forward  {mixer_forward * 1e3:9.1f} ms; forward+backward "
               f"{mixer_train * 1e3:.1f} ms = {mixer_train / mixer_forward:.2f}x")

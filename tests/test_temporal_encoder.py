@@ -44,6 +44,19 @@ def test_mamba_ssm_initialisation():
     assert mixer.dt_proj.weight.abs().max() <= bound
 
 
+def test_model_init_keeps_mamba_initialisation():
+    from storm_hf import StormForConditionalGeneration
+
+    model = StormForConditionalGeneration(tiny_config())
+    for layer in model.model.temporal_encoder.layers:
+        for mixer in (layer.forward_mixer, layer.backward_mixer):
+            torch.testing.assert_close(mixer.A_log.detach(), torch.log(torch.arange(1, 5.0)).expand(64, 4))
+            torch.testing.assert_close(mixer.D.detach(), torch.ones(64))
+            dt = torch.nn.functional.softplus(mixer.dt_proj.bias.detach())
+            assert dt.min() >= 0.999e-3 and dt.max() <= 0.1001
+            assert mixer.dt_proj.weight.abs().max() <= mixer.dt_rank**-0.5
+
+
 def mixer_reference(mixer: StormMambaMixer, x: torch.Tensor) -> torch.Tensor:
     """mamba_simple.Mamba's non-fused forward, written out in float64 with the per-step scan."""
     m = {k: v.double() for k, v in mixer.state_dict().items()}
