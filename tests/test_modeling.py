@@ -67,6 +67,10 @@ def test_bad_shapes_raise_clear_errors():
         model(input_ids=ids, pixel_values=torch.randn(1, 1, 3, 32, 32))
     with pytest.raises(ValueError, match="video_num_frames"):
         model(input_ids=ids, pixel_values_videos=frames(4), video_num_frames=torch.tensor([5]))
+    with pytest.raises(ValueError, match=r"Frames must be 3 x 32 x 32 .* got \(3, 48, 48\)"):
+        model(input_ids=ids, pixel_values_videos=torch.randn(1, 4, 3, 48, 48))
+    with pytest.raises(ValueError, match="got \\(4, 32, 32\\)"):
+        model(input_ids=ids, pixel_values_videos=torch.randn(1, 4, 4, 32, 32))
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
         model(pixel_values_videos=frames(4))
 

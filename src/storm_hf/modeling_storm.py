@@ -440,6 +440,13 @@ class StormModel(StormPreTrainedModel):
 
         frames: (num_frames, 3, H, W) -> (num_frames, tokens_per_frame, text_dim).
         """
+        vision = self.config.vision_config
+        expected = (vision.num_channels, vision.image_size, vision.image_size)
+        if tuple(frames.shape[1:]) != expected:
+            raise ValueError(
+                f"Frames must be {expected[0]} x {expected[1]} x {expected[2]} (channels, height, width) for this "
+                f"model's image encoder, got {tuple(frames.shape[1:])}. Resize with the processor first."
+            )
         outputs = self.vision_tower(frames, output_hidden_states=self.config.vision_feature_layer != -1)
         if self.config.vision_feature_layer == -1:
             patch_features = outputs.last_hidden_state  # (num_frames, patches, vision_dim)
