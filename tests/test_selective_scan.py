@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import storm_hf.selective_scan as scan_module
 from storm_hf.selective_scan import (
     causal_conv1d,
     fused_scan_available,
@@ -28,12 +29,23 @@ def rel_err(actual, reference):
     return ((actual.double() - reference).abs().max() / reference.abs().max()).item()
 
 
+@pytest.fixture(params=[2**20, 2**11, 1], ids=["one-block", "many-blocks", "one-step-blocks"])
+def block_elements(request, monkeypatch):
+    """Run the scan with its default block size, with small ragged blocks, and with one step per block."""
+    monkeypatch.setattr(scan_module, "_BLOCK_ELEMENTS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize(
     "batch,length,d_inner,d_state",
-    [(1, 1, 8, 4), (2, 37, 16, 4), (3, 300, 64, 16), (1, 1100, 32, 8)],  # one step, ragged and many blocks
+    [(1, 1, 8, 4), (2, 37, 16, 4), (3, 300, 64, 16), (1, 1100, 32, 8)],
 )
 @pytest.mark.parametrize("large_delta", [False, True])
-def test_forward_and_gradients_match_float64_reference(batch, length, d_inner, d_state, large_delta):
+def test_forward_and_gradients_match_float64_reference(batch, length, d_inner, d_state, large_delta, block_elements):
+    if block_elements == 1 and length > 300:
+        pytest.skip("one-step blocks are checked on the shorter sequences")
+    if block_elements == 2**11 and length > 1:
+        assert scan_module._steps_per_block(length, batch, d_state, d_inner) < length  # really several blocks
     fast = make_inputs(batch, length, d_inner, d_state, torch.float32, large_delta=large_delta)
     ref = make_inputs(batch, length, d_inner, d_state, torch.float64, large_delta=large_delta)
     y, last = selective_scan_torch(**fast, delta_softplus=True, return_last_state=True)
@@ -52,16 +64,21 @@ def test_forward_and_gradients_match_float64_reference(batch, length, d_inner, d
         assert rel_err(fast[name].grad, ref[name].grad) < 1e-4, name
 
 
-def test_optional_arguments_off():
+@pytest.mark.parametrize("softplus", [False, True])
+def test_optional_arguments_off(block_elements, softplus):
     fast = make_inputs(2, 50, 16, 4, torch.float32)
     ref = make_inputs(2, 50, 16, 4, torch.float64)
     keep = ("u", "delta", "A", "B", "C")
-    y = selective_scan_torch(*(fast[k] for k in keep))
-    y_ref = selective_scan_sequential(*(ref[k] for k in keep))
+    y = selective_scan_torch(*(fast[k] for k in keep), delta_softplus=softplus)
+    y_ref = selective_scan_sequential(*(ref[k] for k in keep), delta_softplus=softplus)
     assert rel_err(y, y_ref) < 1e-4
+    y.double().square().sum().backward()
+    y_ref.square().sum().backward()
+    for name in keep:
+        assert rel_err(fast[name].grad, ref[name].grad) < 1e-4, name
 
 
-def test_chunked_calls_with_carried_state_equal_one_call():
+def test_chunked_calls_with_carried_state_equal_one_call(block_elements):
     x = make_inputs(2, 90, 16, 4, torch.float32)
     whole = selective_scan_torch(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
     state, outputs = None, []
