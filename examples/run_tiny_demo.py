@@ -56,8 +56,7 @@ def main():
         reduced = model.model.reduce_tokens(encoded.view(1, frames, per_frame, dim))  # (1, T', N', dim)
         timings["temporal encoder + reduction"] = time.perf_counter() - start
 
-        features = reduced.reshape(-1, dim)
-        assert features.shape[0] == config.num_visual_tokens(args.frames)
+        features = reduced.reshape(-1, dim)  # (visual tokens, dim): what the placeholders receive
         prompt = [1, 2] + [config.video_token_id] * features.shape[0] + [3, 4, 5]
         input_ids = torch.tensor([prompt])
         start = time.perf_counter()
@@ -73,7 +72,8 @@ def main():
     print(f"reduction: temporal pool k={args.k}, spatial pool p={args.p}, test-time sampling s={args.s}")
     print(f"visual tokens before reduction: {args.frames * per_frame} ({args.frames} frames x {per_frame})")
     print(f"visual tokens after reduction:  {features.shape[0]} ({reduced.shape[1]} frames x {reduced.shape[2]})"
-          f"  -> {args.frames * per_frame / features.shape[0]:.1f}x fewer")
+          f"  -> {args.frames * per_frame / features.shape[0]:.1f}x fewer;"
+          f" config.num_visual_tokens({args.frames}) = {config.num_visual_tokens(args.frames)}")
     print("time per stage:")
     for stage, seconds in timings.items():
         print(f"  {stage:30s} {seconds * 1000:8.1f} ms")
