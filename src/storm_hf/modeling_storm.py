@@ -241,8 +241,6 @@ class StormMambaMixer(nn.Module):
         Returns:
             (batch, length, d_model), and with ``return_state`` the new `MambaMixerState`.
         """
-        batch, length, _ = hidden_states.shape
-        use_kernels = self.use_kernels
         xz = self.in_proj(hidden_states)  # (batch, length, 2 * d_inner)
         x, z = xz.chunk(2, dim=-1)  # (batch, length, d_inner) each
 
@@ -250,7 +248,7 @@ class StormMambaMixer(nn.Module):
         x_t = x.transpose(1, 2)  # (batch, d_inner, length)
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         prefix = None if state is None else state.conv_state[:, :, 1:].to(x_t.dtype)
-        x_conv = causal_conv1d(x_t, conv_weight, self.conv1d.bias, prefix=prefix, use_kernel=use_kernels)
+        x_conv = causal_conv1d(x_t, conv_weight, self.conv1d.bias, prefix=prefix, use_kernel=self.use_kernels)
         x_conv = F.silu(x_conv).transpose(1, 2)  # (batch, length, d_inner)
 
         x_dbl = self.x_proj(x_conv)  # (batch, length, dt_rank + 2 * d_state)
@@ -260,7 +258,7 @@ class StormMambaMixer(nn.Module):
         scan = selective_scan(
             x_conv, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True, initial_state=None if state is None else state.ssm_state,
-            return_last_state=return_state, use_kernel=use_kernels,
+            return_last_state=return_state, use_kernel=self.use_kernels,
         )
         if not return_state:
             return self.out_proj(scan)
