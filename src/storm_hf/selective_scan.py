@@ -75,9 +75,10 @@ def _block_bounds(length: int, steps: int):
 
 
 def _time_step(delta_raw, delta_bias, softplus):
-    """delta for one block: softplus(delta_raw + delta_bias), each part optional. (steps, batch, d_inner)."""
-    x = delta_raw if delta_bias is None else delta_raw + delta_bias
-    return F.softplus(x) if softplus else x
+    """The time step of one block, (steps, batch, d_inner): returns ``pre = delta_raw + delta_bias`` and
+    ``dt = softplus(pre)`` (each part optional; the backward needs ``pre`` for the softplus)."""
+    pre = delta_raw if delta_bias is None else delta_raw + delta_bias
+    return pre, (F.softplus(pre) if softplus else pre)
 
 
 def _scan_forward(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, block_starts=None):
@@ -93,13 +94,15 @@ def _scan_forward(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, block_sta
     out = torch.empty_like(u)
     decay_buf = u.new_empty(steps, batch, d_state, d_inner)
     states_buf = u.new_empty(steps, batch, d_state, d_inner)
-    h_start = h0.clone()  # `h` may become a row of states_buf, which the next fill overwrites
+    # The state entering each block has its own buffer: the previous block's last state is a row of
+    # states_buf, which the next fill overwrites.
+    h_start = h0.clone()
     for block, (t0, t1) in enumerate(_block_bounds(length, steps)):
         n = t1 - t0
         decay, states = decay_buf[:n], states_buf[:n]
         if block_starts is not None:
             block_starts[block].copy_(h_start)
-        dt = _time_step(delta[t0:t1], delta_bias, softplus)  # (n, batch, d_inner)
+        _, dt = _time_step(delta[t0:t1], delta_bias, softplus)  # (n, batch, d_inner)
         _fill_decay_and_input(dt, dt * u[t0:t1], B[t0:t1], A_t, decay, states)
         h_last = _run_recurrence(decay, states, h_start)
         y = out[t0:t1]
@@ -164,8 +167,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             u_blk, g_out = u[t0:t1], grad_out[t0:t1]  # (n, batch, d_inner)
 
             # 1. Recompute this block's time steps, decays and states from its boundary state.
-            pre = delta[t0:t1] if delta_bias is None else delta[t0:t1] + delta_bias
-            dt = F.softplus(pre) if softplus else pre
+            pre, dt = _time_step(delta[t0:t1], delta_bias, softplus)
             dt_u = dt * u_blk
             _fill_decay_and_input(dt, dt_u, B[t0:t1], A_t, decay, states)
             _run_recurrence(decay, states, h_start)
