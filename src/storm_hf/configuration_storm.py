@@ -201,6 +201,16 @@ class StormConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"StormConfig.{name} must be a positive integer, got {value!r}.")
+        if self.temporal_direction_merge not in ("add", "mean", "concat"):
+            raise ValueError(
+                f"StormConfig.temporal_direction_merge must be 'add', 'mean' or 'concat', got {self.temporal_direction_merge!r}."
+            )
+        for name in ("temporal_bidirectional", "temporal_final_norm", "temporal_conv_bias", "temporal_bias",
+                     "projector_bias", "use_mamba_kernels"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"StormConfig.{name} must be True or False, got {getattr(self, name)!r}.")
+        if isinstance(self.temporal_norm_eps, bool) or not isinstance(self.temporal_norm_eps, (int, float)) or self.temporal_norm_eps <= 0:
+            raise ValueError(f"StormConfig.temporal_norm_eps must be a positive number, got {self.temporal_norm_eps!r}.")
         if self.temporal_dt_rank != "auto" and (not isinstance(self.temporal_dt_rank, int) or self.temporal_dt_rank < 1):
             raise ValueError(f"StormConfig.temporal_dt_rank must be 'auto' or a positive integer, got {self.temporal_dt_rank!r}.")
         patches = self.vision_config.image_size // self.vision_config.patch_size
