@@ -218,3 +218,15 @@ def test_text_only_forward_and_config_variants():
     out = model(input_ids=torch.tensor([[1, 2, 3]]))
     assert out.logits.shape == (1, 3, 512)
     assert model.get_video_features(frames(3)).pooler_output[0].shape == (tiny_config().num_visual_tokens(3), 32)
+
+
+def test_beam_search_and_several_return_sequences_reuse_the_encoded_video():
+    model = tiny_model()
+    ids = video_prompt(model.config, [4])
+    video = frames(4)
+    beams = model.generate(input_ids=ids, pixel_values_videos=video, max_new_tokens=4, num_beams=2, do_sample=False)
+    assert beams.shape == (1, ids.shape[1] + 4)
+    sampled = model.generate(input_ids=ids, pixel_values_videos=video, max_new_tokens=4, do_sample=True,
+                             num_return_sequences=3)
+    assert sampled.shape == (3, ids.shape[1] + 4)
+    assert torch.equal(sampled[:, : ids.shape[1]], ids.expand(3, -1))
