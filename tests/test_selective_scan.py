@@ -101,6 +101,18 @@ def test_bfloat16_inputs_compute_in_float32():
     assert rel_err(y16.float(), y32.double()) < 5e-2
 
 
+def test_autocast_does_not_lower_the_scan_precision():
+    x = make_inputs(1, 80, 16, 4, torch.float32)
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    reference = selective_scan_torch(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = selective_scan_torch(*args)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, reference)
+    y.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in x.values())
+
+
 def test_empty_sequence_raises():
     x = make_inputs(1, 4, 8, 4, torch.float32)
     with pytest.raises(ValueError, match="empty"):

@@ -278,10 +278,12 @@ def selective_scan_torch(
         bool(delta_softplus),
     )
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        y, h_last = _SelectiveScanFn.apply(*args)
-    else:
-        y, h_last = _scan_forward(*args)
+    # The recurrence is fp32 by design: autocast (mixed-precision training) must not recast its matmuls.
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            y, h_last = _SelectiveScanFn.apply(*args)
+        else:
+            y, h_last = _scan_forward(*args)
     y = y.transpose(0, 1).to(dtype_in)  # (batch, length, d_inner)
     if return_last_state:
         return y, h_last.transpose(1, 2)  # (batch, d_inner, d_state)
