@@ -28,6 +28,7 @@ setup(
         "safetensors>=0.4",
         "huggingface_hub>=1.0",
         "numpy>=1.24",
+        "av>=12",  # PyAV: video decoding (no torchvision, no decord)
     ],
     extras_require={
         "dev": ["pytest>=8"],

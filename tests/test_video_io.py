@@ -1,0 +1,109 @@
+"""Exact frame reading with seeking, sampling, and clear errors on bad files."""
+
+import io
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from storm_hf.video_io import VideoReadError, probe_video, read_frames, sample_frame_indices
+
+from .video_factory import decode_index, full_decode, make_audio_only, make_video
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    return {
+        "bframes": make_video(root / "bframes.mp4", num_frames=100, gop=12, bframes=2),
+        "no_bframes": make_video(root / "plain.mp4", num_frames=50, gop=10, bframes=0),
+        "vfr": make_video(root / "vfr.mp4", num_frames=45, gop=9, variable_rate=True),
+        "intra": make_video(root / "intra.mp4", num_frames=20, gop=1, bframes=0),
+    }
+
+
+@pytest.mark.parametrize("kind", ["bframes", "no_bframes", "vfr", "intra"])
+def test_frames_equal_a_full_decode_at_any_indices(videos, kind):
+    full = full_decode(videos[kind])
+    assert [decode_index(f) for f in full] == list(range(len(full)))  # the factory's frames are in order
+    rng = np.random.default_rng(0)
+    for indices in [np.arange(len(full)), rng.integers(0, len(full), 15), np.array([len(full) - 1, 0, 5, 5, 2])]:
+        frames, timestamps, index = read_frames(videos[kind], indices)
+        assert frames.shape == (len(indices), 48, 64, 3) and frames.dtype == np.uint8
+        for frame, i in zip(frames, indices):
+            assert np.array_equal(frame, full[i])  # pixel-identical, unsorted and repeated indices included
+        np.testing.assert_allclose(timestamps, index.timestamps[indices])
+
+
+def test_index_fps_and_variable_rate_timestamps(videos):
+    index = probe_video(videos["bframes"])
+    assert index.total_frames == 100 and abs(index.fps - 24) < 1e-6 and len(index.keyframe_pts) >= 8
+    vfr = probe_video(videos["vfr"])
+    gaps = np.round(np.diff(vfr.timestamps), 3)
+    assert gaps[:6].tolist() == [0.07, 0.03, 0.03, 0.07, 0.03, 0.03]
+
+
+def test_sources_path_bytes_and_file_object(videos):
+    data = open(videos["no_bframes"], "rb").read()
+    by_path, _, _ = read_frames(videos["no_bframes"], [3, 40])
+    by_bytes, _, _ = read_frames(data, [3, 40])
+    by_file, _, _ = read_frames(io.BytesIO(data), [3, 40])
+    assert np.array_equal(by_path, by_bytes) and np.array_equal(by_path, by_file)
+
+
+def test_sample_frame_indices():
+    timestamps = np.arange(100) / 10.0  # 10 fps, 10 s
+    assert sample_frame_indices(timestamps, num_frames=4).tolist() == [12, 37, 62, 87]
+    assert sample_frame_indices(timestamps, num_frames=500).tolist() == list(range(100))  # every frame once
+    assert sample_frame_indices(timestamps, fps=1).tolist() == list(range(0, 100, 10))
+    assert sample_frame_indices(timestamps, fps=1, max_frames=5).tolist() == [10, 30, 50, 70, 90]  # centres
+    assert len(sample_frame_indices(timestamps)) == 100
+    vfr = np.array([0.0, 0.07, 0.1, 0.13, 0.2, 0.23, 0.26])
+    assert sample_frame_indices(vfr, fps=10).tolist() == [0, 2, 4]
+    with pytest.raises(ValueError):
+        sample_frame_indices(timestamps, num_frames=2, fps=1)
+
+
+def test_out_of_range_indices(videos):
+    with pytest.raises(VideoReadError, match=r"bframes.mp4: frame indices must be in 0..99"):
+        read_frames(videos["bframes"], [100])
+
+
+def expect_error(source, pattern):
+    start = time.perf_counter()
+    with pytest.raises(VideoReadError, match=pattern) as info:
+        read_frames(source, [0])
+    assert time.perf_counter() - start < 2.0
+    assert isinstance(info.value, ValueError)
+
+
+def test_bad_files_raise_clear_errors(tmp_path, videos):
+    expect_error(tmp_path / "missing.mp4", r"missing.mp4: no such file")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    expect_error(tmp_path / "empty.mp4", r"empty.mp4: the file is empty")
+    (tmp_path / "notes.mp4").write_text("this is not a video\n" * 20)
+    expect_error(tmp_path / "notes.mp4", r"notes.mp4: not a readable video container")
+    data = open(videos["bframes"], "rb").read()
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    expect_error(tmp_path / "truncated.mp4", r"truncated.mp4: ")
+    make_audio_only(tmp_path / "audio.m4a")
+    expect_error(tmp_path / "audio.m4a", r"audio.m4a: the file has no video stream \(streams: audio\)")
+    expect_error(b"", r"the video bytes are empty")
+
+
+def test_corrupt_packet_in_the_middle_is_skipped_with_a_warning(tmp_path, videos):
+    data = bytearray(open(videos["no_bframes"], "rb").read())
+    index = probe_video(videos["no_bframes"])
+    # Overwrite bytes in the middle of the media data (after the first quarter of the file).
+    start = len(data) // 2
+    data[start : start + 400] = bytes(400)
+    path = tmp_path / "corrupt.mp4"
+    path.write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frames, _, _ = read_frames(path, np.arange(index.total_frames))
+    assert frames.shape[0] == index.total_frames  # every requested frame is answered
+    assert any("corrupt.mp4: skipped a video packet" in str(w.message) for w in caught)
+    good, _, _ = read_frames(path, [0, 1])
+    assert [decode_index(f) for f in good] == [0, 1]
