@@ -201,7 +201,13 @@ def read_frames(source, indices, index: VideoIndex | None = None) -> tuple[np.nd
             )
         wanted = np.unique(indices)
         pending = list(zip(wanted.tolist(), index.frame_pts[wanted].tolist()))  # (index, pts), ascending
-        found: dict[int, np.ndarray] = {}
+        pending_pts = {pts for _, pts in pending}
+        codec = stream.codec_context
+        # Frames go straight into the output (a repeated index is decoded once and copied).
+        out = np.empty((len(indices), index.height, index.width, 3), dtype=np.uint8)
+        positions: dict[int, list[int]] = {}
+        for position, i in enumerate(indices.tolist()):
+            positions.setdefault(i, []).append(position)
         packets, queue = None, []
         keyframe_pos = -1  # position in index.keyframe_pts of the keyframe the decoder started from
         last_pts = None  # pts of the last frame decoded since that seek
@@ -220,6 +226,8 @@ def read_frames(source, indices, index: VideoIndex | None = None) -> tuple[np.nd
             if not queue:
                 frames = None
                 for packet in packets:
+                    # Frames no other frame refers to are skipped unless wanted: decoding stays exact.
+                    codec.skip_frame = "DEFAULT" if packet.pts in pending_pts else "NONREF"
                     try:
                         frames = packet.decode()
                         break
@@ -241,14 +249,12 @@ def read_frames(source, indices, index: VideoIndex | None = None) -> tuple[np.nd
                 keyframe_pos += 1  # decoded past the next keyframe: going on from here is as good as seeking
             while pending and pending[0][1] <= frame.pts:
                 target_index, target_pts = pending.pop(0)
+                pending_pts.discard(target_pts)
                 if target_pts != frame.pts:
                     warnings.warn(f"{name}: frame {target_index} did not decode; using the next frame that did.",
                                   stacklevel=2)
-                found[target_index] = frame.to_ndarray(format="rgb24")
-    frames = np.stack([found[i] for i in indices.tolist()]) if len(indices) else np.zeros(
-        (0, index.height, index.width, 3), dtype=np.uint8
-    )
-    return frames, index.timestamps[indices], index
+                out[positions[target_index]] = frame.to_ndarray(format="rgb24")
+    return out, index.timestamps[indices], index
 
 
 __all__ = ["VideoReadError", "VideoIndex", "probe_video", "sample_frame_indices", "read_frames"]
