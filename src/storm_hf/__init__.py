@@ -5,6 +5,7 @@ Importing the package registers the classes with AutoConfig, AutoModel and AutoM
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 from .configuration_storm import StormConfig, num_video_tokens
 from .modeling_storm import (
@@ -16,6 +17,8 @@ from .modeling_storm import (
     StormTemporalEncoder,
 )
 from .selective_scan import selective_scan_sequential, selective_scan_torch
+from .video_io import VideoReadError, probe_video, read_frames, sample_frame_indices
+from .video_processing_storm import StormVideoProcessor
 
 
 __version__ = "0.1.0"
@@ -23,6 +26,8 @@ __version__ = "0.1.0"
 AutoConfig.register(StormConfig.model_type, StormConfig, exist_ok=True)
 AutoModel.register(StormConfig, StormModel, exist_ok=True)
 AutoModelForImageTextToText.register(StormConfig, StormForConditionalGeneration, exist_ok=True)
+# The top-level AutoVideoProcessor is guarded by a torchvision requirement; the class itself registers fine.
+AutoVideoProcessor.register(StormConfig, StormVideoProcessor, exist_ok=True)
 
 __all__ = [
     "StormConfig",
@@ -35,4 +40,9 @@ __all__ = [
     "num_video_tokens",
     "selective_scan_torch",
     "selective_scan_sequential",
+    "StormVideoProcessor",
+    "VideoReadError",
+    "probe_video",
+    "read_frames",
+    "sample_frame_indices",
 ]
