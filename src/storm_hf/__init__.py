@@ -4,7 +4,7 @@
 Importing the package registers the classes with AutoConfig, AutoModel and AutoModelForImageTextToText.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 from .configuration_storm import StormConfig, num_video_tokens
@@ -18,6 +18,7 @@ from .modeling_storm import (
 )
 from .selective_scan import selective_scan_sequential, selective_scan_torch
 from .video_io import VideoReadError, probe_video, read_frames, sample_frame_indices
+from .processing_storm import StormProcessor
 from .video_processing_storm import StormVideoProcessor
 
 
@@ -28,6 +29,7 @@ AutoModel.register(StormConfig, StormModel, exist_ok=True)
 AutoModelForImageTextToText.register(StormConfig, StormForConditionalGeneration, exist_ok=True)
 # The top-level AutoVideoProcessor is guarded by a torchvision requirement; the class itself registers fine.
 AutoVideoProcessor.register(StormConfig, StormVideoProcessor, exist_ok=True)
+AutoProcessor.register(StormConfig, StormProcessor, exist_ok=True)
 
 __all__ = [
     "StormConfig",
@@ -41,6 +43,7 @@ __all__ = [
     "selective_scan_torch",
     "selective_scan_sequential",
     "StormVideoProcessor",
+    "StormProcessor",
     "VideoReadError",
     "probe_video",
     "read_frames",

@@ -1,0 +1,152 @@
+# Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
+"""StormProcessor: a tokenizer and a StormVideoProcessor; expands each video placeholder to exactly the
+number of visual tokens the model will produce for that video (the same `num_video_tokens` the model uses).
+"""
+
+from __future__ import annotations
+
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+from .configuration_storm import num_video_tokens
+
+# Qwen2-style chat template: `{"type": "video", ...}` and `{"type": "image", ...}` content items become one
+# placeholder each (expanded by the processor), `{"type": "text", "text": ...}` items their text.
+STORM_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'video' %}{{ '<video>' }}"
+    "{% elif item['type'] == 'image' %}{{ '<image>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class StormProcessor(ProcessorMixin):
+    r"""
+    Tokenizer + `StormVideoProcessor` for STORM.
+
+    Args:
+        video_processor (`StormVideoProcessor`): turns videos into `pixel_values_videos` / `video_num_frames`.
+        tokenizer: the LLM's tokenizer, holding `video_token` (and `image_token`) as tokens.
+        chat_template (`str`, *optional*): defaults to `STORM_CHAT_TEMPLATE` (Qwen2 style).
+        video_token, image_token (`str`): placeholder strings, `"<video>"` / `"<image>"` by default.
+        grid_size, temporal_pool_k, spatial_pool_p, temporal_sample_s (`int`): the model's token layout and
+            reduction settings (`StormProcessor.from_config` copies them from a `StormConfig`).
+    """
+
+    attributes = ["video_processor", "tokenizer"]
+
+    def __init__(self, video_processor=None, tokenizer=None, chat_template=None, video_token="<video>",
+                 image_token="<image>", grid_size=16, temporal_pool_k=4, spatial_pool_p=1, temporal_sample_s=1,
+                 **kwargs):
+        self.video_token = video_token
+        self.image_token = image_token
+        self.grid_size = grid_size
+        self.temporal_pool_k = temporal_pool_k
+        self.spatial_pool_p = spatial_pool_p
+        self.temporal_sample_s = temporal_sample_s
+        super().__init__(video_processor, tokenizer, chat_template=chat_template or STORM_CHAT_TEMPLATE)
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        # transformers checks video processors against BaseVideoProcessor, which needs torchvision;
+        # ours is a VideoProcessorMixin without it.
+        if argument_name == "video_processor":
+            from .video_processing_storm import StormVideoProcessor
+
+            if not isinstance(argument, StormVideoProcessor):
+                raise TypeError(f"video_processor must be a StormVideoProcessor, got {type(argument).__name__}.")
+            return StormVideoProcessor
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+    @classmethod
+    def from_config(cls, config, video_processor, tokenizer, **kwargs) -> "StormProcessor":
+        """A processor whose token counts follow `config` (a `StormConfig`)."""
+        return cls(video_processor=video_processor, tokenizer=tokenizer, grid_size=config.grid_size,
+                   temporal_pool_k=config.temporal_pool_k, spatial_pool_p=config.spatial_pool_p,
+                   temporal_sample_s=config.temporal_sample_s, **kwargs)
+
+    def num_visual_tokens(self, num_frames: int) -> int:
+        """Tokens a video of `num_frames` frames becomes (an image: 1): `StormConfig.num_visual_tokens`."""
+        return num_video_tokens(num_frames, self.grid_size, self.temporal_pool_k, self.spatial_pool_p,
+                                self.temporal_sample_s)
+
+    def __call__(self, text=None, videos=None, images=None, return_tensors=None, padding=True, **kwargs) -> BatchFeature:
+        """
+        Args:
+            text: a string or a list of strings, each with one `video_token` per video it refers to.
+            videos: the videos in placeholder order (flat over the batch, or one list per text), in any
+                form `StormVideoProcessor` takes.
+            **kwargs: video-processor settings (`num_frames`, `fps`, `max_frames`, `return_metadata`, ...)
+                and tokenizer settings (`padding`, `truncation`, `max_length`, `add_special_tokens`, ...).
+        Returns:
+            `BatchFeature` with `input_ids`, `attention_mask` and, with videos, `pixel_values_videos` and
+            `video_num_frames` (and `video_metadata` when asked).
+        """
+        if images is not None and any(im is not None for im in (images if isinstance(images, list) else [images])):
+            raise ValueError("StormProcessor: images are not supported yet; pass them as one-frame videos.")
+        if text is None:
+            raise ValueError("StormProcessor: `text` is required.")
+        texts = [text] if isinstance(text, str) else list(text)
+        video_keys = set(self.video_processor._settings) | {"video_metadata"}
+        video_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in video_keys}
+        data = {}
+        if videos is not None:
+            flat = [v for group in videos for v in group] if _is_nested(videos) else (
+                list(videos) if isinstance(videos, (list, tuple)) and not _is_frame_list(videos) else [videos]
+            )
+            video_inputs = self.video_processor(flat, **video_kwargs)
+            counts = video_inputs["video_num_frames"].tolist()
+            data.update(video_inputs)
+        else:
+            counts = []
+        placeholders = sum(t.count(self.video_token) for t in texts)
+        if placeholders != len(counts):
+            raise ValueError(
+                f"StormProcessor: the text has {placeholders} {self.video_token} placeholders but {len(counts)} "
+                "videos were given."
+            )
+        expanded, video = [], 0
+        for t in texts:
+            pieces = t.split(self.video_token)
+            out = pieces[0]
+            for piece in pieces[1:]:
+                out += self.video_token * self.num_visual_tokens(counts[video]) + piece
+                video += 1
+            expanded.append(out)
+        kwargs.pop("return_dict", None)
+        encoded = self.tokenizer(expanded, padding=padding, return_tensors=None, **kwargs)
+        data.update(encoded)
+        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["video_metadata"])
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "pixel_values_videos", "video_num_frames"]
+
+
+def _is_frame_list(videos) -> bool:
+    """A list of frames (one in-memory video) rather than a list of videos."""
+    import numpy as np
+
+    first = videos[0] if len(videos) else None
+    return first is not None and not isinstance(first, (str, bytes)) and np.asarray(first).ndim == 3
+
+
+def _is_nested(videos) -> bool:
+    return isinstance(videos, (list, tuple)) and len(videos) > 0 and all(
+        isinstance(group, (list, tuple)) and not _is_frame_list(group) for group in videos
+    )
+
+
+__all__ = ["StormProcessor", "STORM_CHAT_TEMPLATE"]

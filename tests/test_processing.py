@@ -1,0 +1,78 @@
+"""StormProcessor: placeholder expansion that matches the model, chat template, batching, save/load."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoProcessor
+
+from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor, StormVideoProcessor
+
+from .tokenizer_factory import tiny_tokenizer
+from .video_factory import make_video
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return str(make_video(tmp_path_factory.mktemp("proc") / "clip.mp4", num_frames=30))
+
+
+def make(config=None, **video_kwargs):
+    config = config or StormConfig.from_preset("tiny")
+    tokenizer = tiny_tokenizer()
+    config.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
+    config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    video_processor = StormVideoProcessor(size={"height": 32, "width": 32}, **video_kwargs)
+    return config, StormProcessor.from_config(config, video_processor, tokenizer)
+
+
+@pytest.mark.parametrize("k,p,s", [(4, 1, 1), (2, 2, 1), (1, 1, 2), (3, 1, 2)])
+def test_expansion_matches_the_model_in_a_mixed_batch(clip, k, p, s):
+    config, processor = make(StormConfig.from_preset("tiny", temporal_pool_k=k, spatial_pool_p=p, temporal_sample_s=s),
+                             num_frames=7)
+    arrays = np.random.default_rng(0).integers(0, 255, (5, 20, 24, 3), dtype=np.uint8)
+    inputs = processor(text=["<video> what happens ?", "describe <video> and <video> .", "yes no"],
+                       videos=[clip, arrays, clip], return_tensors="pt")
+    counts = inputs["video_num_frames"].tolist()
+    assert counts == [7, 5, 7]
+    placeholders = (inputs["input_ids"] == config.video_token_id).sum(1).tolist()
+    assert placeholders == [config.num_visual_tokens(7), config.num_visual_tokens(5) + config.num_visual_tokens(7), 0]
+    model = StormForConditionalGeneration(config).eval()
+    out = model(**inputs)  # no placeholder/feature mismatch
+    assert out.logits.shape[:2] == inputs["input_ids"].shape
+
+
+def test_placeholder_and_video_counts_must_agree(clip):
+    _, processor = make()
+    with pytest.raises(ValueError, match="1 <video> placeholders but 2 videos"):
+        processor(text="<video> what", videos=[clip, clip])
+
+
+def test_chat_template_and_tokenized_dict(clip):
+    config, processor = make(num_frames=4)
+    conversation = [
+        {"role": "user", "content": [{"type": "video", "path": clip}, {"type": "text", "text": "what happens ?"}]},
+    ]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    assert prompt == "<|im_start|>user\n<video>what happens ?<|im_end|>\n<|im_start|>assistant\n"
+    inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    assert inputs["pixel_values_videos"].shape == (1, 4, 3, 32, 32)
+    assert (inputs["input_ids"] == config.video_token_id).sum() == config.num_visual_tokens(4)
+    array_conversation = [
+        {"role": "user", "content": [{"type": "video", "video": np.zeros((3, 8, 8, 3), np.uint8)},
+                                     {"type": "text", "text": "describe it"}]},
+    ]
+    batch = processor.apply_chat_template([conversation, array_conversation], tokenize=True, return_dict=True,
+                                          return_tensors="pt", padding=True)
+    assert batch["input_ids"].shape[0] == 2 and batch["video_num_frames"].tolist() == [4, 3]
+
+
+def test_save_and_load_with_auto_processor(tmp_path):
+    config, processor = make(StormConfig.from_preset("tiny", temporal_pool_k=2), num_frames=9)
+    processor.save_pretrained(tmp_path)
+    config.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, StormProcessor)
+    assert (loaded.temporal_pool_k, loaded.grid_size, loaded.video_processor.num_frames) == (2, 4, 9)
+    assert loaded.num_visual_tokens(9) == config.num_visual_tokens(9)
+    assert loaded.chat_template == processor.chat_template
