@@ -76,3 +76,17 @@ def test_save_and_load_with_auto_processor(tmp_path):
     assert (loaded.temporal_pool_k, loaded.grid_size, loaded.video_processor.num_frames) == (2, 4, 9)
     assert loaded.num_visual_tokens(9) == config.num_visual_tokens(9)
     assert loaded.chat_template == processor.chat_template
+
+
+def test_token_budget_picks_the_frame_count(clip):
+    config, processor = make(StormConfig.from_preset("tiny", temporal_pool_k=2), num_frames=16)
+    assert processor.frames_for_budget(64, 16) == 8  # 8 frames -> 4 pooled x 16 tokens = 64
+    assert processor.frames_for_budget(70, 16) == 8
+    assert processor.frames_for_budget(10_000, 16) == 16
+    inputs = processor(text="<video> what", videos=[clip], max_visual_tokens=64)
+    assert inputs["video_num_frames"].tolist() == [8]
+    assert (torch.as_tensor(inputs["input_ids"]) == config.video_token_id).sum() == 64
+    by_fps = processor(text="<video> what", videos=[clip], fps=24, max_visual_tokens=32)
+    assert by_fps["video_num_frames"].tolist() == [4]
+    with pytest.raises(ValueError, match="smaller than one frame"):
+        processor(text="<video> what", videos=[clip], max_visual_tokens=8)

@@ -107,3 +107,34 @@ def test_corrupt_packet_in_the_middle_is_skipped_with_a_warning(tmp_path, videos
     assert any("corrupt.mp4: skipped a video packet" in str(w.message) for w in caught)
     good, _, _ = read_frames(path, [0, 1])
     assert [decode_index(f) for f in good] == [0, 1]
+
+
+def test_video_stream_without_frames(tmp_path):
+    import av
+
+    path = tmp_path / "no_frames.mp4"
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("libx264", rate=24)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    container.close()
+    expect_error(path, r"no_frames.mp4: ")
+
+
+def test_errors_do_not_leak_file_handles(tmp_path, videos):
+    import os
+
+    (tmp_path / "bad.mp4").write_text("not a video")
+    data = open(videos["bframes"], "rb").read()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+
+    def open_files():
+        return len(os.listdir(f"/proc/{os.getpid()}/fd"))
+
+    read_frames(videos["bframes"], [0])
+    before = open_files()
+    for _ in range(5):
+        for source in (tmp_path / "bad.mp4", tmp_path / "cut.mp4", tmp_path / "none.mp4"):
+            with pytest.raises(VideoReadError):
+                read_frames(source, [0, 90])
+        read_frames(videos["bframes"], [3, 50])
+    assert open_files() == before

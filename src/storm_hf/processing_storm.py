@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
 
 from .configuration_storm import num_video_tokens
+
+logger = logging.get_logger(__name__)
 
 # Qwen2-style chat template: `{"type": "video", ...}` and `{"type": "image", ...}` content items become one
 # placeholder each (expanded by the processor), `{"type": "text", "text": ...}` items their text.
@@ -76,7 +79,22 @@ class StormProcessor(ProcessorMixin):
         return num_video_tokens(num_frames, self.grid_size, self.temporal_pool_k, self.spatial_pool_p,
                                 self.temporal_sample_s)
 
-    def __call__(self, text=None, videos=None, images=None, return_tensors=None, padding=True, **kwargs) -> BatchFeature:
+    def frames_for_budget(self, max_visual_tokens: int, num_frames: int | None = None) -> int:
+        """The largest frame count (at most `num_frames`, when given) whose video fits `max_visual_tokens`."""
+        if self.num_visual_tokens(1) > max_visual_tokens:
+            raise ValueError(
+                f"StormProcessor: max_visual_tokens={max_visual_tokens} is smaller than one frame "
+                f"({self.num_visual_tokens(1)} tokens)."
+            )
+        frames = 1
+        while (num_frames is None or frames < num_frames) and self.num_visual_tokens(frames + 1) <= max_visual_tokens:
+            frames += 1
+            if frames > 1_000_000:
+                break
+        return frames
+
+    def __call__(self, text=None, videos=None, images=None, return_tensors=None, padding=True,
+                 max_visual_tokens=None, **kwargs) -> BatchFeature:
         """
         Args:
             text: a string or a list of strings, each with one `video_token` per video it refers to.
@@ -95,6 +113,8 @@ class StormProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         video_keys = set(self.video_processor._settings) | {"video_metadata"}
         video_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in video_keys}
+        if max_visual_tokens is not None:
+            self._apply_budget(max_visual_tokens, video_kwargs)
         data = {}
         if videos is not None:
             flat = [v for group in videos for v in group] if _is_nested(videos) else (
@@ -123,6 +143,24 @@ class StormProcessor(ProcessorMixin):
         encoded = self.tokenizer(expanded, padding=padding, return_tensors=None, **kwargs)
         data.update(encoded)
         return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["video_metadata"])
+
+    def _apply_budget(self, max_visual_tokens, video_kwargs):
+        """Lower num_frames (or max_frames with fps sampling) so that each video fits the budget."""
+        by_fps = video_kwargs.get("fps", self.video_processor.fps) is not None and "num_frames" not in video_kwargs
+        if by_fps:
+            cap = video_kwargs.get("max_frames", self.video_processor.max_frames)
+            frames = self.frames_for_budget(max_visual_tokens, cap)
+            if cap is None or frames < cap:
+                video_kwargs["max_frames"] = frames
+                logger.warning(f"max_visual_tokens={max_visual_tokens}: at most {frames} frames per video "
+                               f"({self.num_visual_tokens(frames)} visual tokens).")
+            return
+        requested = video_kwargs.get("num_frames", self.video_processor.num_frames)
+        frames = self.frames_for_budget(max_visual_tokens, requested)
+        if requested is None or frames < requested:
+            video_kwargs["num_frames"] = frames
+            logger.warning(f"max_visual_tokens={max_visual_tokens}: sampling {frames} frames per video instead of "
+                           f"{requested} ({self.num_visual_tokens(frames)} visual tokens).")
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
