@@ -90,3 +90,24 @@ def test_token_budget_picks_the_frame_count(clip):
     assert by_fps["video_num_frames"].tolist() == [4]
     with pytest.raises(ValueError, match="smaller than one frame"):
         processor(text="<video> what", videos=[clip], max_visual_tokens=8)
+
+
+def test_images_are_one_frame_clips_end_to_end(clip, tmp_path):
+    from PIL import Image
+
+    config, processor = make(num_frames=5)
+    picture = tmp_path / "square.png"
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(picture)
+    conversation = [{"role": "user", "content": [
+        {"type": "image", "path": str(picture)}, {"type": "video", "path": clip},
+        {"type": "text", "text": "what happens ?"}]}]
+    inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
+                                           return_dict=True, return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 3, 32, 32)
+    ids = inputs["input_ids"]
+    assert (ids == config.image_token_id).sum() == config.num_visual_tokens(1)
+    assert (ids == config.video_token_id).sum() == config.num_visual_tokens(5)
+    model = StormForConditionalGeneration(config).eval()
+    assert model(**inputs).logits.shape[:2] == ids.shape
+    with pytest.raises(ValueError, match="1 <image> placeholders but 2 images"):
+        processor(text="<image> a", images=[np.zeros((4, 4, 3), np.uint8)] * 2)

@@ -106,8 +106,6 @@ class StormProcessor(ProcessorMixin):
             `BatchFeature` with `input_ids`, `attention_mask` and, with videos, `pixel_values_videos` and
             `video_num_frames` (and `video_metadata` when asked).
         """
-        if images is not None and any(im is not None for im in (images if isinstance(images, list) else [images])):
-            raise ValueError("StormProcessor: images are not supported yet; pass them as one-frame videos.")
         if text is None:
             raise ValueError("StormProcessor: `text` is required.")
         texts = [text] if isinstance(text, str) else list(text)
@@ -125,6 +123,18 @@ class StormProcessor(ProcessorMixin):
             data.update(video_inputs)
         else:
             counts = []
+        image_list = _flatten_images(images)
+        if image_list:
+            # Each image is a one-frame clip: same resize and normalisation, no frame sampling.
+            image_inputs = self.video_processor([_image_array(im) for im in image_list], do_sample_frames=False)
+            data["pixel_values"] = image_inputs["pixel_values_videos"][:, 0]  # (images, 3, H, W)
+        image_placeholders = sum(t.count(self.image_token) for t in texts)
+        if image_placeholders != len(image_list):
+            raise ValueError(
+                f"StormProcessor: the text has {image_placeholders} {self.image_token} placeholders but "
+                f"{len(image_list)} images were given."
+            )
+        texts = [t.replace(self.image_token, self.image_token * self.num_visual_tokens(1)) for t in texts]
         placeholders = sum(t.count(self.video_token) for t in texts)
         if placeholders != len(counts):
             raise ValueError(
@@ -170,7 +180,38 @@ class StormProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self):
-        return ["input_ids", "attention_mask", "pixel_values_videos", "video_num_frames"]
+        return ["input_ids", "attention_mask", "pixel_values", "pixel_values_videos", "video_num_frames"]
+
+
+def _flatten_images(images) -> list:
+    if images is None:
+        return []
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    flat = []
+    for item in images:
+        flat.extend(_flatten_images(item) if isinstance(item, (list, tuple)) else [item])
+    return [im for im in flat if im is not None]
+
+
+def _image_array(image):
+    """An image (PIL image, path, or (H, W[, C]) array / tensor) as a one-frame (1, H, W, C) array."""
+    import numpy as np
+
+    if isinstance(image, str):
+        from PIL import Image
+
+        try:
+            with Image.open(image) as opened:
+                image = opened.convert("RGB")
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{image}: not a readable image ({error}).") from error
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ValueError(f"An image must be (height, width) or (height, width, channels), got shape {array.shape}.")
+    return array[None]
 
 
 def _is_frame_list(videos) -> bool:

@@ -54,7 +54,10 @@ def _frames_array(video, name: str) -> torch.Tensor:
         if not video:
             raise VideoReadError(f"{name}: the list of frames is empty.")
         video = np.stack([np.asarray(frame) for frame in video])
-    frames = torch.as_tensor(np.asarray(video)) if not torch.is_tensor(video) else video
+    if not torch.is_tensor(video):
+        video = np.asarray(video)
+        video = torch.from_numpy(video if video.flags.writeable else video.copy())
+    frames = video
     if frames.dim() != 4:
         raise VideoReadError(
             f"{name}: a video array must have 4 dimensions (frames, height, width, channels), got shape {tuple(frames.shape)}."
