@@ -30,6 +30,11 @@ def test_streaming_example_matches_one_call():
     assert difference < 1e-5
 
 
+def test_video_question_example():
+    out = run("video_question.py")
+    assert "16 frames -> 64 visual tokens" in out and "answer (random weights):" in out
+
+
 def test_readme_quick_start_runs():
     readme = (ROOT / "README.md").read_text()
     code = readme.split("## Quick start", 1)[1].split("```python", 1)[1].split("```", 1)[0]

@@ -41,6 +41,14 @@ def test_expansion_matches_the_model_in_a_mixed_batch(clip, k, p, s):
     assert out.logits.shape[:2] == inputs["input_ids"].shape
 
 
+def test_from_config_sizes_frames_for_the_image_encoder():
+    config = StormConfig.from_preset("tiny")
+    processor = StormProcessor.from_config(config, tokenizer=tiny_tokenizer())
+    assert processor.video_processor.size == {"height": 32, "width": 32}
+    with pytest.raises(ValueError, match="takes 32 x 32 frames"):
+        StormProcessor.from_config(config, StormVideoProcessor(), tiny_tokenizer())
+
+
 def test_placeholder_and_video_counts_must_agree(clip):
     _, processor = make()
     with pytest.raises(ValueError, match="1 <video> placeholders but 2 videos"):

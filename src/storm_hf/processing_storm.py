@@ -68,8 +68,19 @@ class StormProcessor(ProcessorMixin):
         return super().check_argument_for_proper_class(argument_name, argument)
 
     @classmethod
-    def from_config(cls, config, video_processor, tokenizer, **kwargs) -> "StormProcessor":
-        """A processor whose token counts follow `config` (a `StormConfig`)."""
+    def from_config(cls, config, video_processor=None, tokenizer=None, **kwargs) -> "StormProcessor":
+        """A processor whose token counts follow `config` (a `StormConfig`). Without a video processor, one
+        is made that resizes frames to the image encoder's input size (SigLIP mean/std 0.5)."""
+        from .video_processing_storm import StormVideoProcessor
+
+        side = config.vision_config.image_size
+        if video_processor is None:
+            video_processor = StormVideoProcessor(size={"height": side, "width": side})
+        elif video_processor.do_resize and (video_processor.size["height"], video_processor.size["width"]) != (side, side):
+            raise ValueError(
+                f"StormProcessor.from_config: the video processor resizes to {video_processor.size}, but the "
+                f"model's image encoder takes {side} x {side} frames."
+            )
         return cls(video_processor=video_processor, tokenizer=tokenizer, grid_size=config.grid_size,
                    temporal_pool_k=config.temporal_pool_k, spatial_pool_p=config.spatial_pool_p,
                    temporal_sample_s=config.temporal_sample_s, **kwargs)
