@@ -29,6 +29,7 @@ setup(
         "huggingface_hub>=1.0",
         "numpy>=1.24",
         "av>=12",  # PyAV: video decoding (no torchvision, no decord)
+        "pillow>=9",  # images given to the processor as PIL images or paths
     ],
     extras_require={
         "dev": ["pytest>=8"],
