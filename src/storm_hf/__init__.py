@@ -30,6 +30,13 @@ AutoModelForImageTextToText.register(StormConfig, StormForConditionalGeneration,
 # The top-level AutoVideoProcessor is guarded by a torchvision requirement; the class itself registers fine.
 AutoVideoProcessor.register(StormConfig, StormVideoProcessor, exist_ok=True)
 AutoProcessor.register(StormConfig, StormProcessor, exist_ok=True)
+# save_pretrained also writes the flat source files and an auto_map, so that a checkpoint loads with
+# trust_remote_code=True where storm_hf is not installed (as on the Hub).
+StormConfig.register_for_auto_class()
+StormModel.register_for_auto_class("AutoModel")
+StormForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+StormProcessor.register_for_auto_class("AutoProcessor")
+StormVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 
 __all__ = [
     "StormConfig",

@@ -18,6 +18,7 @@ they can be tested and benchmarked alone; the selective scan lives in `selective
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -401,6 +402,39 @@ class StormPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _keep_in_fp32_modules_strict = ["A_log", "D"]
+
+    # What `save_pretrained` writes into config.json so that the Auto classes find the flat remote code.
+    _remote_auto_map = {
+        "AutoConfig": "configuration_storm.StormConfig",
+        "AutoModel": "modeling_storm.StormModel",
+        "AutoModelForImageTextToText": "modeling_storm.StormForConditionalGeneration",
+    }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As transformers' (safetensors, sharded above `max_shard_size`), plus the remote-code files
+        (configuration_storm.py, modeling_storm.py, selective_scan.py) and an `auto_map` for AutoConfig,
+        AutoModel and AutoModelForImageTextToText, so `trust_remote_code=True` loads it without storm_hf."""
+        if kwargs.get("safe_serialization") is False:
+            raise ValueError("StormPreTrainedModel.save_pretrained writes safetensors only (no pickle files).")
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As transformers', but weights are read from safetensors only: loading never unpickles. A local
+        folder holding only pickle weights (pytorch_model.bin, .pt, .pth, .ckpt) is refused by name."""
+        path = str(pretrained_model_name_or_path)
+        if os.path.isdir(path):
+            files = os.listdir(os.path.join(path, kwargs.get("subfolder", "") or ""))
+            pickles = sorted(f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")))
+            if pickles and not any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files):
+                raise ValueError(
+                    f"{path}: only pickle weight files ({', '.join(pickles)}); storm_hf loads safetensors only, "
+                    "because unpickling can run arbitrary code. Convert them with a trusted loader and "
+                    "save_pretrained (which writes safetensors)."
+                )
+        kwargs["use_safetensors"] = True
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def _init_weights(self, module):
         super()._init_weights(module)

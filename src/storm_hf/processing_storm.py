@@ -59,12 +59,13 @@ class StormProcessor(ProcessorMixin):
     def check_argument_for_proper_class(self, argument_name, argument):
         # transformers checks video processors against BaseVideoProcessor, which needs torchvision;
         # ours is a VideoProcessorMixin without it.
+        # (Compared by base class: with remote code the video processor may come from another module copy.)
         if argument_name == "video_processor":
-            from .video_processing_storm import StormVideoProcessor
+            from transformers.video_processing_utils import VideoProcessorMixin
 
-            if not isinstance(argument, StormVideoProcessor):
+            if not isinstance(argument, VideoProcessorMixin):
                 raise TypeError(f"video_processor must be a StormVideoProcessor, got {type(argument).__name__}.")
-            return StormVideoProcessor
+            return VideoProcessorMixin
         return super().check_argument_for_proper_class(argument_name, argument)
 
     @classmethod
@@ -81,6 +82,15 @@ class StormProcessor(ProcessorMixin):
                 f"StormProcessor.from_config: the video processor resizes to {video_processor.size}, but the "
                 f"model's image encoder takes {side} x {side} frames."
             )
+        if tokenizer is not None:
+            for token, expected in ((kwargs.get("video_token", "<video>"), config.video_token_id),
+                                    (kwargs.get("image_token", "<image>"), config.image_token_id)):
+                token_id = tokenizer.convert_tokens_to_ids(token)
+                if token_id != expected:
+                    raise ValueError(
+                        f"StormProcessor.from_config: the tokenizer maps {token} to id {token_id}, but the model "
+                        f"expects {expected}; add the token to the tokenizer and set the config's id to match."
+                    )
         return cls(video_processor=video_processor, tokenizer=tokenizer, grid_size=config.grid_size,
                    temporal_pool_k=config.temporal_pool_k, spatial_pool_p=config.spatial_pool_p,
                    temporal_sample_s=config.temporal_sample_s, **kwargs)
