@@ -89,8 +89,59 @@ def test_truncated_weights_raise_naming_the_file(saved, tmp_path):
         (tmp_path / name).write_bytes((folder / name).read_bytes())
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(Exception, match="model.safetensors|safetensors|deserializ"):
+    with pytest.raises(ValueError, match=rf"{tmp_path}: a safetensors weight file is unreadable or truncated"):
         StormForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_missing_shard_and_wrong_shapes(tmp_path):
+    model = tiny_model(temporal_d_state=8)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    missing = sorted(set(index["weight_map"].values()))[1]
+    os.remove(tmp_path / "sharded" / missing)
+    with pytest.raises(FileNotFoundError, match=missing):
+        StormForConditionalGeneration.from_pretrained(tmp_path / "sharded")
+    model.save_pretrained(tmp_path / "shapes")
+    config = json.loads((tmp_path / "shapes" / "config.json").read_text())
+    config["temporal_d_state"] = 4
+    (tmp_path / "shapes" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="do not have the shapes its config.json describes"):
+        StormForConditionalGeneration.from_pretrained(tmp_path / "shapes")
+
+
+def test_interrupted_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    old = tiny_model()
+    old.save_pretrained(tmp_path, max_shard_size="100KB")
+    (tmp_path / "notes.txt").write_text("kept")
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    new = tiny_model()
+    with torch.no_grad():
+        for parameter in new.parameters():
+            parameter.add_(1.0)
+    real_save_file, calls = safetensors.torch.save_file, []
+
+    def failing_save_file(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # die in the middle of writing the shards
+            raise KeyboardInterrupt
+        return real_save_file(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save_file)
+    import transformers.modeling_utils as modeling_utils
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", failing_save_file, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        new.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert calls, "the save never reached the weight files"
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+    assert not [p for p in os.listdir(tmp_path.parent) if ".saving-" in p]
+    monkeypatch.undo()
+    new.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+    loaded = StormForConditionalGeneration.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.lm_head.weight, new.lm_head.weight)
 
 
 def test_sharded_save_round_trip(tmp_path):

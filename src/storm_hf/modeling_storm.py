@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -413,16 +415,43 @@ class StormPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers' (safetensors, sharded above `max_shard_size`), plus the remote-code files
         (configuration_storm.py, modeling_storm.py, selective_scan.py) and an `auto_map` for AutoConfig,
-        AutoModel and AutoModelForImageTextToText, so `trust_remote_code=True` loads it without storm_hf."""
+        AutoModel and AutoModelForImageTextToText, so `trust_remote_code=True` loads it without storm_hf.
+
+        Over an existing folder the save is all-or-nothing: everything is written to a fresh sibling folder
+        first, files of other kinds already there (processor, tokenizer, README) are carried over, and the
+        folders are then swapped by rename, so an interrupted save never leaves old and new weights mixed.
+        """
         if kwargs.get("safe_serialization") is False:
             raise ValueError("StormPreTrainedModel.save_pretrained writes safetensors only (no pickle files).")
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        target = os.path.abspath(save_directory)
+        if kwargs.get("push_to_hub") or not os.path.isdir(target) or not os.listdir(target):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        parent = os.path.dirname(target)
+        staging = tempfile.mkdtemp(prefix=os.path.basename(target) + ".saving-", dir=parent)
+        try:
+            result = super().save_pretrained(staging, *args, **kwargs)
+            written = set(os.listdir(staging))
+            for name in os.listdir(target):
+                path = os.path.join(target, name)
+                is_weights = name.endswith((".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json"))
+                if name not in written and not is_weights and os.path.isfile(path):
+                    shutil.copy2(path, os.path.join(staging, name))
+            previous = tempfile.mkdtemp(prefix=os.path.basename(target) + ".previous-", dir=parent)
+            os.rmdir(previous)
+            os.rename(target, previous)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(previous, ignore_errors=True)
+        return result
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """As transformers', but weights are read from safetensors only: loading never unpickles. A local
-        folder holding only pickle weights (pytorch_model.bin, .pt, .pth, .ckpt) is refused by name."""
+        folder holding only pickle weights (pytorch_model.bin, .pt, .pth, .ckpt) is refused by name, and
+        unreadable or mismatched weights raise a ValueError naming the checkpoint."""
         path = str(pretrained_model_name_or_path)
         if os.path.isdir(path):
             files = os.listdir(os.path.join(path, kwargs.get("subfolder", "") or ""))
@@ -434,7 +463,19 @@ class StormPreTrainedModel(PreTrainedModel):
                     "save_pretrained (which writes safetensors)."
                 )
         kwargs["use_safetensors"] = True
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" in str(error):
+                raise ValueError(
+                    f"{path}: the weights do not have the shapes its config.json describes (see the load report "
+                    "above for the tensors); the checkpoint or its config is corrupt or from another model."
+                ) from error
+            raise
+        except Exception as error:
+            if type(error).__name__ == "SafetensorError":
+                raise ValueError(f"{path}: a safetensors weight file is unreadable or truncated ({error}).") from error
+            raise
 
     def _init_weights(self, module):
         super()._init_weights(module)
