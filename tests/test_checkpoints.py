@@ -153,3 +153,36 @@ def test_sharded_save_round_trip(tmp_path):
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
     assert isinstance(StormModel.from_pretrained(tmp_path), StormModel)
+
+
+OFFLINE_PULL = """
+import sys
+import storm_hf
+from transformers import AutoModelForImageTextToText, AutoProcessor
+model = AutoModelForImageTextToText.from_pretrained("storm-org/storm-tiny")
+processor = AutoProcessor.from_pretrained("storm-org/storm-tiny")
+print(type(model).__name__, type(processor).__name__)
+try:
+    AutoModelForImageTextToText.from_pretrained("storm-org/not-there")
+except OSError as error:
+    print("missing:", type(error).__name__, str(error).splitlines()[0])
+"""
+
+
+def test_offline_pull_from_a_populated_cache(saved, tmp_path):
+    folder, _ = saved
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--storm-org--storm-tiny"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in os.listdir(folder):
+        (snapshot / name).write_bytes((folder / name).read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", OFFLINE_PULL], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "StormForConditionalGeneration StormProcessor" in result.stdout
+    # The Hub's own error (an OSError saying the files are neither reachable nor cached), not one of ours.
+    assert "missing: OSError" in result.stdout and "cached files" in result.stdout
