@@ -186,3 +186,35 @@ def test_offline_pull_from_a_populated_cache(saved, tmp_path):
     assert "StormForConditionalGeneration StormProcessor" in result.stdout
     # The Hub's own error (an OSError saying the files are neither reachable nor cached), not one of ours.
     assert "missing: OSError" in result.stdout and "cached files" in result.stdout
+
+
+def test_push_to_hub_uploads_the_saved_files_and_a_model_card(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from transformers.utils import hub
+
+    uploaded = {}
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return SimpleNamespace(repo_id=repo_id)
+
+    monkeypatch.setattr(hub, "hf_api", lambda: FakeApi())
+    model = tiny_model()
+
+    def record(folder, repo_id, **kwargs):
+        uploaded["files"] = sorted(os.listdir(folder))
+        uploaded["card"] = open(os.path.join(folder, "README.md")).read()
+        uploaded["repo"] = repo_id
+        return "https://example.invalid/commit"
+
+    monkeypatch.setattr(model, "_upload_modified_files", record)
+    model.push_to_hub("storm-org/storm-tiny", base_models=["google/siglip-so400m-patch14-384", "Qwen/Qwen2-7B"])
+    model.save_pretrained(tmp_path / "local")
+    assert uploaded["repo"] == "storm-org/storm-tiny"
+    assert uploaded["files"] == sorted(os.listdir(tmp_path / "local") + ["README.md"])
+    card = uploaded["card"]
+    for expected in ("library_name: transformers", "pipeline_tag: image-text-to-text",
+                     "- google/siglip-so400m-patch14-384", "- Qwen/Qwen2-7B", "| temporal pooling k | 4 |",
+                     'AutoModelForImageTextToText.from_pretrained("storm-org/storm-tiny", trust_remote_code=True)'):
+        assert expected in card, expected

@@ -447,6 +447,52 @@ class StormPreTrainedModel(PreTrainedModel):
         shutil.rmtree(previous, ignore_errors=True)
         return result
 
+    def model_card(self, repo_id: str, base_models: list[str] | None = None) -> str:
+        """The README.md `push_to_hub` uploads: Hub metadata (library, pipeline tag, base models, tags), the
+        token-reduction settings and how to load the model."""
+        c = self.config
+        bases = base_models or [n for n in (c.vision_config._name_or_path, c.text_config._name_or_path) if n]
+        lines = ["---", "library_name: transformers", "pipeline_tag: image-text-to-text", "tags:", "- storm",
+                 "- video", "- mamba", "- video-llm"]
+        if bases:
+            lines += ["base_model:"] + [f"- {name}" for name in bases]
+        lines += ["---", "", f"# {repo_id.split('/')[-1]}", "",
+                  "A STORM video LLM (image encoder -> 2x2 pixel shuffle + Linear -> bidirectional Mamba temporal "
+                  "encoder -> token reduction -> LLM), saved with storm_hf.", "",
+                  "| setting | value |", "|---|---|",
+                  f"| image encoder | {c.vision_config.model_type}, {c.vision_config.image_size} px |",
+                  f"| LLM | {c.text_config.model_type}, hidden {c.text_config.hidden_size} |",
+                  f"| temporal encoder | {c.temporal_num_layers} layer(s), "
+                  f"{'bidirectional' if c.temporal_bidirectional else 'forward-only'}, d_state {c.temporal_d_state} |",
+                  f"| temporal pooling k | {c.temporal_pool_k} |", f"| spatial pooling p | {c.spatial_pool_p} |",
+                  f"| test-time sampling s | {c.temporal_sample_s} |",
+                  f"| visual tokens for 32 frames | {c.num_visual_tokens(32)} (256 per frame before reduction at "
+                  "448 px) |", "", "## Load", "", "```python",
+                  "from transformers import AutoModelForImageTextToText, AutoProcessor",
+                  f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}", trust_remote_code=True)',
+                  f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)',
+                  "```", "", "With `pip install storm_hf` and `import storm_hf`, `trust_remote_code` is not needed.", ""]
+        return "\n".join(lines)
+
+    def push_to_hub(self, repo_id: str, *, commit_message=None, commit_description=None, private=None, token=None,
+                    revision=None, create_pr=False, max_shard_size="50GB", tags=None, base_models=None) -> str:
+        """Upload what `save_pretrained` writes (safetensors, config, remote code) plus a model card
+        (`model_card`). Save the processor to the same repo with `processor.push_to_hub(repo_id)`."""
+        from transformers.utils import hub
+
+        repo_id = hub.hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            card = self.model_card(repo_id, base_models)
+            if tags:
+                card = card.replace("- video-llm", "- video-llm\n" + "\n".join(f"- {t}" for t in tags), 1)
+            with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+                f.write(card)
+            return self._upload_modified_files(
+                folder, repo_id, files_timestamps={}, commit_message=commit_message or "Upload STORM model",
+                token=token, create_pr=create_pr, revision=revision, commit_description=commit_description,
+            )
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """As transformers', but weights are read from safetensors only: loading never unpickles. A local
