@@ -733,6 +733,77 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
+        *,
+        video_token: str = "<video>",
+        image_token: str = "<image>",
+        return_processor: bool = False,
+        dtype: torch.dtype | None = None,
+        **storm_options,
+    ):
+        """STORM built from an existing image encoder and LLM, with a fresh projector and temporal encoder.
+
+        Args:
+            vision_model_name_or_path: a SigLIP or CLIP checkpoint (vision-only or dual-encoder).
+            text_model_name_or_path: a Qwen2 or Llama causal-LM checkpoint with its tokenizer.
+            video_token, image_token: placeholders added to the tokenizer if missing (embeddings are resized).
+            return_processor: also return a matching `StormProcessor` (the LLM's tokenizer with the added
+                tokens, frames sized and normalised for the image encoder).
+            **storm_options: `StormConfig` fields (temporal_num_layers, temporal_pool_k, ...).
+        Returns:
+            The model, or `(model, processor)` with ``return_processor=True``.
+
+        Weights are read from safetensors only. The model is first built with random weights, then the
+        encoder's and the LLM's are copied in, so peak memory is about twice the model for a moment.
+        """
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers.tokenization_utils_base import AddedToken
+
+        from .processing_storm import StormProcessor
+        from .video_processing_storm import StormVideoProcessor
+
+        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
+        vision_config = getattr(vision_config, "vision_config", vision_config)  # dual encoders: the vision half
+        text_config = AutoConfig.from_pretrained(text_model_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
+        missing = [t for t in (video_token, image_token) if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+        storm_options.setdefault("tie_word_embeddings", bool(getattr(text_config, "tie_word_embeddings", False)))
+        config = StormConfig(
+            vision_config=vision_config.to_dict(), text_config=text_config.to_dict(),
+            video_token_id=tokenizer.convert_tokens_to_ids(video_token),
+            image_token_id=tokenizer.convert_tokens_to_ids(image_token), **storm_options,
+        )
+        config.vision_config._name_or_path = str(vision_model_name_or_path)
+        config.text_config._name_or_path = str(text_model_name_or_path)
+        model = cls(config)
+
+        vision = AutoModel.from_pretrained(vision_model_name_or_path, use_safetensors=True)
+        vision = getattr(vision, "vision_model", vision)  # a dual encoder's vision half
+        model.model.vision_tower.load_state_dict(vision.state_dict())
+        del vision
+        language = AutoModelForCausalLM.from_pretrained(text_model_name_or_path, use_safetensors=True)
+        model.model.language_model.load_state_dict(language.model.state_dict())
+        model.lm_head.load_state_dict(language.lm_head.state_dict())
+        del language
+        if len(tokenizer) > config.text_config.vocab_size:
+            model.resize_token_embeddings(len(tokenizer))
+        if dtype is not None:
+            model = model.to(dtype)
+        if not return_processor:
+            return model
+        side = vision_config.image_size
+        mean, std = _image_normalisation(vision_model_name_or_path, vision_config)
+        video_processor = StormVideoProcessor(size={"height": side, "width": side}, image_mean=mean, image_std=std)
+        processor = StormProcessor.from_config(config, video_processor, tokenizer, video_token=video_token,
+                                               image_token=image_token)
+        return model, processor
+
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
 
@@ -782,6 +853,22 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions, image_outputs=outputs.image_outputs, video_outputs=outputs.video_outputs,
         )
+
+
+def _image_normalisation(vision_model_name_or_path, vision_config):
+    """The encoder's pixel mean/std: from its preprocessor_config.json when it is a local folder that has
+    one, else SigLIP's 0.5/0.5 or CLIP's OpenAI statistics by model type."""
+    import json
+
+    path = os.path.join(str(vision_model_name_or_path), "preprocessor_config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if "image_mean" in stored and "image_std" in stored:
+            return list(stored["image_mean"]), list(stored["image_std"])
+    if "clip" in vision_config.model_type:
+        return [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
 
 __all__ = [
