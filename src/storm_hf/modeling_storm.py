@@ -571,6 +571,8 @@ class StormModel(StormPreTrainedModel):
             patch_features = outputs.last_hidden_state  # (num_frames, patches, vision_dim)
         else:
             patch_features = outputs.hidden_states[self.config.vision_feature_layer]
+        if patch_features.shape[1] == self.projector.patch_grid**2 + 1:
+            patch_features = patch_features[:, 1:]  # CLIP-style encoders prepend a class token: drop it
         return self.projector(patch_features)
 
     def reduce_tokens(self, encoded: torch.Tensor) -> torch.Tensor:
