@@ -1,0 +1,57 @@
+"""Converting a (tiny, locally made) LLaVA-OneVision checkpoint to STORM through the command line."""
+
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+from storm_hf import StormForConditionalGeneration, StormProcessor
+from storm_hf.convert_llava_onevision_to_storm import interpolate_position_embeddings
+
+from .tokenizer_factory import tiny_tokenizer
+
+
+def test_position_embedding_interpolation_keeps_a_constant_field():
+    constant = torch.ones(49, 8) * 3.0
+    assert torch.allclose(interpolate_position_embeddings(constant, 8), torch.ones(64, 8) * 3.0)
+    same = torch.randn(64, 8)
+    assert interpolate_position_embeddings(same, 8) is same
+
+
+def test_convert_keeps_encoder_and_llm(tmp_path):
+    tokenizer = tiny_tokenizer()
+    config = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=4),
+        text_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer)),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+    )
+    torch.manual_seed(0)
+    llava = LlavaOnevisionForConditionalGeneration(config)
+    llava.save_pretrained(tmp_path / "llava")
+    tokenizer.save_pretrained(tmp_path / "llava")
+    result = subprocess.run([sys.executable, "-m", "storm_hf.convert_llava_onevision_to_storm", str(tmp_path / "llava"),
+                             str(tmp_path / "storm"), "--image-size", "32", "--temporal-pool-k", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    storm = StormForConditionalGeneration.from_pretrained(tmp_path / "storm").eval()
+    processor = StormProcessor.from_pretrained(tmp_path / "storm")
+    assert storm.config.vision_config.image_size == 32 and storm.config.temporal_pool_k == 2
+    for name, tensor in llava.model.language_model.state_dict().items():
+        torch.testing.assert_close(storm.model.language_model.state_dict()[name], tensor, msg=name)
+    torch.testing.assert_close(storm.lm_head.weight, llava.lm_head.weight)
+    vision = storm.model.vision_tower.state_dict()
+    for name, tensor in llava.model.vision_tower.state_dict().items():
+        if "position" in name:
+            continue
+        torch.testing.assert_close(vision[name], tensor, msg=name)
+    assert vision["embeddings.position_embedding.weight"].shape == (64, 32)  # 7x7 grid -> 8x8
+    video = np.random.default_rng(0).integers(0, 255, (4, 40, 40, 3), dtype=np.uint8)
+    inputs = processor(text="<video> what happens ?", videos=[video], return_tensors="pt")
+    with torch.no_grad():
+        assert storm(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
