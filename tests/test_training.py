@@ -1,0 +1,106 @@
+"""Training helpers: lazy dataset, answer-only labels, stages, and a few Trainer steps on the tiny model."""
+
+import json
+
+import pytest
+import torch
+
+from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor
+from storm_hf.training import (
+    IGNORE_INDEX,
+    StormDataCollator,
+    apply_training_stage,
+    load_video_dataset,
+    trainable_parameters,
+)
+
+from .tokenizer_factory import tiny_tokenizer
+from .video_factory import make_video
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    (root / "clips").mkdir()
+    make_video(root / "clips" / "a.mp4", num_frames=20)
+    make_video(root / "clips" / "b.mp4", num_frames=12)
+    records = [
+        {"video": "clips/a.mp4", "messages": [
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "what happens ?"}]},
+            {"role": "assistant", "content": "a square moves right"}]},
+        {"video": "clips/b.mp4", "messages": [
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "describe it"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "the square moves"}]},
+            {"role": "user", "content": "is it up ?"},
+            {"role": "assistant", "content": "no"}]},
+        {"messages": [{"role": "user", "content": "what is it ?"}, {"role": "assistant", "content": "yes"}]},
+    ]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    return root
+
+
+def tiny_setup(**overrides):
+    tokenizer = tiny_tokenizer()
+    config = StormConfig.from_preset("tiny", video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+                                     image_token_id=tokenizer.convert_tokens_to_ids("<image>"), **overrides)
+    config.text_config.vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    return StormForConditionalGeneration(config), StormProcessor.from_config(config, tokenizer=tokenizer)
+
+
+def test_dataset_is_lazy_and_labels_cover_only_answers(data):
+    dataset = load_video_dataset(data / "train.jsonl")
+    assert len(dataset) == 3 and dataset[0]["video"] == "clips/a.mp4"  # paths, nothing decoded
+    _, processor = tiny_setup()
+    collator = StormDataCollator(processor, video_root=str(data), num_frames=4)
+    batch = collator([dataset[i] for i in range(3)])
+    tokenizer = processor.tokenizer
+    assert batch["pixel_values_videos"].shape[:2] == (2, 4)
+    for row in range(3):
+        labelled = [t for t in batch["labels"][row].tolist() if t != IGNORE_INDEX]
+        text = tokenizer.decode(labelled)
+        assert "<video>" not in text and "user" not in text and "[PAD]" not in text
+    assert tokenizer.decode([t for t in batch["labels"][0].tolist() if t != IGNORE_INDEX]) == \
+        "a square moves right <|im_end|>"  # the word-level test tokenizer joins tokens with spaces
+    second = tokenizer.decode([t for t in batch["labels"][1].tolist() if t != IGNORE_INDEX])
+    assert second == "the square moves <|im_end|> no <|im_end|>"
+    assert (batch["labels"][batch["input_ids"] == processor.tokenizer.pad_token_id] == IGNORE_INDEX).all()
+
+
+def test_stages_set_what_trains():
+    model, _ = tiny_setup()
+    aligned = apply_training_stage(model, "alignment")
+    counts = trainable_parameters(aligned)
+    assert counts["vision_tower trainable"] == 0 and counts["language_model trainable"] == 0
+    assert counts["projector trainable"] == counts["projector total"] > 0
+    assert counts["temporal_encoder trainable"] == counts["temporal_encoder total"] > 0
+    full = trainable_parameters(apply_training_stage(model, "sft"))
+    assert full["trainable"] == full["total"]
+    lora = apply_training_stage(tiny_setup()[0], "lora", lora_rank=4)
+    counts = trainable_parameters(lora)
+    assert counts["lora trainable"] > 0 and counts["vision_tower trainable"] == 0
+    assert counts["language_model trainable"] == 0  # base LLM weights frozen, adapters counted as lora
+    assert counts["temporal_encoder trainable"] > 0 and counts["projector trainable"] > 0
+    with pytest.raises(ValueError, match="Unknown training stage"):
+        apply_training_stage(model, "pretrain")
+
+
+@pytest.mark.parametrize("stage", ["alignment", "sft", "lora"])
+def test_a_few_trainer_steps_lower_the_loss_and_train_only_the_stage(data, tmp_path, stage):
+    from transformers import Trainer, TrainingArguments
+
+    model, processor = tiny_setup()
+    model = apply_training_stage(model, stage, lora_rank=4)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    dataset = load_video_dataset(data / "train.jsonl")
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=3, max_steps=8,
+                             learning_rate=1e-2, report_to=[], remove_unused_columns=False, save_strategy="no",
+                             logging_steps=1, use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset,
+                      data_collator=StormDataCollator(processor, video_root=str(data), num_frames=4))
+    trainer.train()
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert losses[-1] < losses[0]
+    for name, parameter in model.named_parameters():
+        if name in frozen:
+            torch.testing.assert_close(parameter, frozen[name], msg=name)
