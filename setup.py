@@ -31,6 +31,7 @@ setup(
         "av>=12",  # PyAV: video decoding (no torchvision, no decord)
         "pillow>=9",  # images given to the processor as PIL images or paths
     ],
+    entry_points={"console_scripts": ["storm-hf=storm_hf.train:main"]},
     extras_require={
         # Fine-tuning with Trainer: datasets for the data, peft for LoRA, accelerate for many processes.
         "train": ["datasets>=3.0", "peft>=0.17", "accelerate>=1.0"],

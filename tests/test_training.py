@@ -104,3 +104,64 @@ def test_a_few_trainer_steps_lower_the_loss_and_train_only_the_stage(data, tmp_p
     for name, parameter in model.named_parameters():
         if name in frozen:
             torch.testing.assert_close(parameter, frozen[name], msg=name)
+
+
+def save_tiny_checkpoint(folder):
+    model, processor = tiny_setup()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def job(data, checkpoint, output_dir, stage, **extra):
+    return {"model": str(checkpoint), "train_file": str(data / "train.jsonl"), "video_root": str(data),
+            "num_frames": 4, "stage": stage, "lora": {"rank": 4}, **extra,
+            "training": {"output_dir": str(output_dir), "max_steps": 6, "save_steps": 3,
+                         "per_device_train_batch_size": 2, "learning_rate": 5e-3, "logging_steps": 1,
+                         "use_cpu": True, "disable_tqdm": True, "seed": 0, "bf16": "auto"}}
+
+
+@pytest.mark.parametrize("stage", ["sft", "lora"])
+def test_resuming_an_interrupted_run_gives_the_same_weights(data, tmp_path, stage):
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from storm_hf.train import train
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "base")
+    train(job(data, checkpoint, tmp_path / "straight", stage))
+
+    class StopAfterThree(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                control.should_training_stop = True
+
+    train(job(data, checkpoint, tmp_path / "resumed", stage), callbacks=[StopAfterThree()])
+    assert (tmp_path / "resumed" / "checkpoint-3").is_dir()
+    train(job(data, checkpoint, tmp_path / "resumed", stage))  # resume: auto -> checkpoint-3
+    name = "adapter_model.safetensors" if stage == "lora" else "model.safetensors"
+    straight, resumed = load_file(tmp_path / "straight" / name), load_file(tmp_path / "resumed" / name)
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], msg=key)
+
+
+def test_lora_adapter_reloads_and_merges_into_a_full_checkpoint(data, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from storm_hf.train import train
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "base")
+    trainer = train(job(data, checkpoint, tmp_path / "run", "lora", merge_lora=True))
+    batch = StormDataCollator(StormProcessor.from_pretrained(checkpoint), video_root=str(data), num_frames=4)(
+        [load_video_dataset(data / "train.jsonl")[0]])
+    batch.pop("labels")
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model(**batch).logits
+        reloaded = PeftModel.from_pretrained(StormForConditionalGeneration.from_pretrained(checkpoint), tmp_path / "run")
+        torch.testing.assert_close(reloaded.eval()(**batch).logits, expected, rtol=1e-4, atol=1e-5)
+        merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "run" / "merged").eval()
+        assert isinstance(merged, StormForConditionalGeneration)
+        torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-4)
