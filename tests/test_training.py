@@ -165,3 +165,45 @@ def test_lora_adapter_reloads_and_merges_into_a_full_checkpoint(data, tmp_path):
         merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "run" / "merged").eval()
         assert isinstance(merged, StormForConditionalGeneration)
         torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+DDP_SCRIPT = """
+import hashlib, json, os, sys
+import torch
+from transformers import TrainerCallback
+from storm_hf.train import train
+
+config = json.load(open(sys.argv[1]))
+
+class Fingerprint(TrainerCallback):
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 1:
+            digest = hashlib.sha256()
+            for name, parameter in sorted(model.named_parameters()):
+                digest.update(parameter.detach().cpu().numpy().tobytes())
+            with open(os.path.join(sys.argv[2], f"rank{args.process_index}.json"), "w") as f:
+                json.dump({"world": args.world_size, "digest": digest.hexdigest(),
+                           "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None}, f)
+
+train(config, callbacks=[Fingerprint()])
+"""
+
+
+def test_two_cpu_processes_keep_the_same_weights(data, tmp_path):
+    import subprocess
+    import sys
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "base")
+    config = job(data, checkpoint, tmp_path / "ddp", "sft")
+    config["training"].update(max_steps=2, save_steps=100)
+    (tmp_path / "job.json").write_text(json.dumps(config))
+    (tmp_path / "ddp_job.py").write_text(DDP_SCRIPT)
+    # accelerate's multi-process launcher (torchrun underneath); use_cpu in the job makes it CPU DDP over gloo.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(tmp_path / "ddp_job.py"), str(tmp_path / "job.json"), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert ranks[0]["world"] == ranks[1]["world"] == 2 and ranks[0]["backend"] == "gloo"
+    assert ranks[0]["digest"] == ranks[1]["digest"]
