@@ -9,9 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def run(script, *args):
+def run(script, *args, cwd=None):
     result = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], capture_output=True,
-                            text=True, env=OFFLINE, timeout=300)
+                            text=True, env=OFFLINE, timeout=300, cwd=cwd)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -33,6 +33,14 @@ def test_streaming_example_matches_one_call():
 def test_video_question_example():
     out = run("video_question.py")
     assert "16 frames -> 64 visual tokens" in out and "answer (random weights):" in out
+
+
+def test_finetune_lora_example(tmp_path):
+    out = run("finetune_lora.py", "--max-steps", "6", cwd=tmp_path)
+    assert "stage lora:" in out and "merged model in" in out
+    assert (tmp_path / "outputs" / "storm-lora" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "outputs" / "storm-lora" / "merged" / "model.safetensors").is_file()
+    assert (tmp_path / "outputs" / "example-data" / "train.jsonl").is_file()
 
 
 def test_readme_quick_start_runs():

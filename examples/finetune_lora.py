@@ -1,0 +1,90 @@
+"""LoRA fine-tuning of STORM on video QA data, with transformers' Trainer (copy into a notebook).
+
+    python examples/finetune_lora.py [--model CHECKPOINT] [--data data/train.jsonl --video-root data]
+
+Without arguments it builds a tiny random-weight STORM and a small dataset of generated clips (a square
+moving left or right) in the documented JSONL format under ./outputs/, so it runs offline in seconds.
+"""
+
+import argparse
+import json
+import os
+
+import av
+import numpy as np
+import torch
+
+from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor
+from storm_hf.train import train
+
+
+def make_example_data(root: str, count: int = 8) -> str:
+    """Clips of a square moving left or right, and one question/answer record per clip."""
+    os.makedirs(os.path.join(root, "clips"), exist_ok=True)
+    records = []
+    for i in range(count):
+        direction = "right" if i % 2 == 0 else "left"
+        path = os.path.join("clips", f"{i:03d}.mp4")
+        with av.open(os.path.join(root, path), mode="w") as container:
+            stream = container.add_stream("libx264", rate=12)
+            stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+            for t in range(24):
+                x = 2 * t if direction == "right" else 46 - 2 * t
+                frame = np.zeros((64, 64, 3), np.uint8)
+                frame[24:40, x : x + 16] = 255
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        records.append({"video": path, "messages": [
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "where does the square move ?"}]},
+            {"role": "assistant", "content": f"the square moves {direction}"}]})
+    with open(os.path.join(root, "train.jsonl"), "w") as f:
+        f.write("\n".join(json.dumps(r) for r in records))
+    return os.path.join(root, "train.jsonl")
+
+
+def make_tiny_checkpoint(folder: str) -> str:
+    """A random-weight tiny STORM with a word-level tokenizer (stands in for a real checkpoint)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "<|im_start|>", "<|im_end|>", "<video>", "<image>"]
+    words = "user assistant where does the square move moves left right ?".split()
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                        additional_special_tokens=specials[2:])
+    config = StormConfig.from_preset("tiny", video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+                                     image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    config.text_config.vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    StormForConditionalGeneration(config).save_pretrained(folder)
+    StormProcessor.from_config(config, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model")
+parser.add_argument("--data")
+parser.add_argument("--video-root")
+parser.add_argument("--output-dir", default="outputs/storm-lora")
+parser.add_argument("--max-steps", type=int, default=20)
+args = parser.parse_args()
+
+model_path = args.model or make_tiny_checkpoint("outputs/storm-tiny-base")
+data = args.data or make_example_data("outputs/example-data")
+trainer = train({
+    "model": model_path,
+    "train_file": data,
+    "video_root": args.video_root or os.path.dirname(data),
+    "num_frames": 8,
+    "stage": "lora",
+    "lora": {"rank": 8, "alpha": 16},
+    "merge_lora": True,
+    "training": {"output_dir": args.output_dir, "max_steps": args.max_steps, "per_device_train_batch_size": 4,
+                 "learning_rate": 5e-3, "logging_steps": 5, "save_steps": 10, "bf16": "auto",
+                 "gradient_checkpointing": True},
+})
+losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; adapter in {args.output_dir}, merged model in {args.output_dir}/merged")
