@@ -1,6 +1,7 @@
 """Training helpers: lazy dataset, answer-only labels, stages, and a few Trainer steps on the tiny model."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -207,3 +208,28 @@ def test_two_cpu_processes_keep_the_same_weights(data, tmp_path):
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert ranks[0]["world"] == ranks[1]["world"] == 2 and ranks[0]["backend"] == "gloo"
     assert ranks[0]["digest"] == ranks[1]["digest"]
+
+
+def test_lora_adapter_push_to_hub_uploads_adapter_and_trained_modules(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from transformers.utils import hub
+
+    model = apply_training_stage(tiny_setup()[0], "lora", lora_rank=4)
+    monkeypatch.setattr(hub, "hf_api", lambda: SimpleNamespace(
+        create_repo=lambda repo_id, **kw: SimpleNamespace(repo_id=repo_id)))
+    monkeypatch.setattr(hub, "create_and_tag_model_card", lambda repo_id, tags=None, token=None: SimpleNamespace(
+        save=lambda path: open(path, "w").write("card")))
+    uploaded = {}
+
+    def record(folder, repo_id, **kwargs):
+        from safetensors.torch import load_file
+
+        uploaded["files"] = sorted(os.listdir(folder))
+        uploaded["keys"] = list(load_file(os.path.join(folder, "adapter_model.safetensors")))
+
+    monkeypatch.setattr(model, "_upload_modified_files", record)
+    model.push_to_hub("me/storm-lora")
+    assert "adapter_model.safetensors" in uploaded["files"] and "adapter_config.json" in uploaded["files"]
+    assert any("lora_A" in k for k in uploaded["keys"])
+    assert any("temporal_encoder" in k for k in uploaded["keys"]) and any("projector" in k for k in uploaded["keys"])
