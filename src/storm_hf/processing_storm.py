@@ -10,6 +10,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
 from .configuration_storm import num_video_tokens
+from .video_processing_storm import StormVideoProcessor, _is_frame_list
 
 logger = logging.get_logger(__name__)
 
@@ -72,8 +73,6 @@ class StormProcessor(ProcessorMixin):
     def from_config(cls, config, video_processor=None, tokenizer=None, **kwargs) -> "StormProcessor":
         """A processor whose token counts follow `config` (a `StormConfig`). Without a video processor, one
         is made that resizes frames to the image encoder's input size (SigLIP mean/std 0.5)."""
-        from .video_processing_storm import StormVideoProcessor
-
         side = config.vision_config.image_size
         if video_processor is None:
             video_processor = StormVideoProcessor(size={"height": side, "width": side})
@@ -178,20 +177,13 @@ class StormProcessor(ProcessorMixin):
     def _apply_budget(self, max_visual_tokens, video_kwargs):
         """Lower num_frames (or max_frames with fps sampling) so that each video fits the budget."""
         by_fps = video_kwargs.get("fps", self.video_processor.fps) is not None and "num_frames" not in video_kwargs
-        if by_fps:
-            cap = video_kwargs.get("max_frames", self.video_processor.max_frames)
-            frames = self.frames_for_budget(max_visual_tokens, cap)
-            if cap is None or frames < cap:
-                video_kwargs["max_frames"] = frames
-                logger.warning(f"max_visual_tokens={max_visual_tokens}: at most {frames} frames per video "
-                               f"({self.num_visual_tokens(frames)} visual tokens).")
-            return
-        requested = video_kwargs.get("num_frames", self.video_processor.num_frames)
-        frames = self.frames_for_budget(max_visual_tokens, requested)
-        if requested is None or frames < requested:
-            video_kwargs["num_frames"] = frames
-            logger.warning(f"max_visual_tokens={max_visual_tokens}: sampling {frames} frames per video instead of "
-                           f"{requested} ({self.num_visual_tokens(frames)} visual tokens).")
+        key = "max_frames" if by_fps else "num_frames"  # under fps sampling the count is capped, not set
+        current = video_kwargs.get(key, getattr(self.video_processor, key))
+        frames = self.frames_for_budget(max_visual_tokens, current)
+        if current is None or frames < current:
+            video_kwargs[key] = frames
+            logger.warning(f"max_visual_tokens={max_visual_tokens}: {key}={frames} instead of {current} "
+                           f"({self.num_visual_tokens(frames)} visual tokens per video).")
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -233,14 +225,6 @@ def _image_array(image):
     if array.ndim != 3:
         raise ValueError(f"An image must be (height, width) or (height, width, channels), got shape {array.shape}.")
     return array[None]
-
-
-def _is_frame_list(videos) -> bool:
-    """A list of frames (one in-memory video) rather than a list of videos."""
-    import numpy as np
-
-    first = videos[0] if len(videos) else None
-    return first is not None and not isinstance(first, (str, bytes)) and np.asarray(first).ndim == 3
 
 
 def _is_nested(videos) -> bool:

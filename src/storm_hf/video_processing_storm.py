@@ -48,6 +48,12 @@ def _is_file_source(video) -> bool:
     return isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview, io.IOBase)) or hasattr(video, "read")
 
 
+def _is_frame_list(videos) -> bool:
+    """A list of frames (one in-memory video) rather than a list of videos."""
+    return (isinstance(videos, (list, tuple)) and len(videos) > 0 and not _is_file_source(videos[0])
+            and np.asarray(videos[0]).ndim == 3)
+
+
 def _frames_array(video, name: str) -> torch.Tensor:
     """An in-memory video as a (frames, height, width, channels) tensor; clear errors for bad shapes."""
     if isinstance(video, (list, tuple)):
@@ -210,8 +216,7 @@ class StormVideoProcessor(VideoProcessorMixin):
         if opts["num_frames"] is not None and opts["fps"] is not None:
             raise ValueError("StormVideoProcessor: pass num_frames or fps, not both.")
         single = _is_file_source(videos) or isinstance(videos, np.ndarray) or torch.is_tensor(videos) or (
-            isinstance(videos, (list, tuple)) and videos and not _is_file_source(videos[0])
-            and np.asarray(videos[0]).ndim == 3
+            _is_frame_list(videos)
         )
         videos = [videos] if single else list(videos)
         if not videos:
