@@ -1,6 +1,7 @@
 """Exact frame reading with seeking, sampling, and clear errors on bad files."""
 
 import io
+import re
 import time
 import warnings
 
@@ -104,7 +105,7 @@ def test_corrupt_packet_in_the_middle_is_skipped_with_a_warning(tmp_path, videos
         warnings.simplefilter("always")
         frames, _, _ = read_frames(path, np.arange(index.total_frames))
     assert frames.shape[0] == index.total_frames  # every requested frame is answered
-    assert any("corrupt.mp4: skipped a video packet" in str(w.message) for w in caught)
+    assert any(re.search(r"corrupt.mp4: skipped \d+ video packet", str(w.message)) for w in caught)
     good, _, _ = read_frames(path, [0, 1])
     assert [decode_index(f) for f in good] == [0, 1]
 

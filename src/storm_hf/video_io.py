@@ -1,24 +1,49 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
 """Reading chosen frames from video files with PyAV, exactly and without decoding the whole video.
 
-Frame index i is the i-th frame in presentation order, as a full decode would number it. The reader
-first *demuxes* the video stream (reads packet headers, decodes nothing) to learn every frame's
-presentation timestamp and where the keyframes are; then, for each wanted frame, it seeks to the last
-keyframe at or before it only when that keyframe lies beyond the frame being decoded, and decodes forward
-to the exact timestamp. Only the wanted frames are converted to arrays and kept.
+Frame index i is the i-th frame in presentation order, as a full decode (`container.decode(video=0)`)
+numbers it. The reader first *demuxes* the video stream (reads packet headers, decodes only the first
+few packets) to learn every frame's presentation timestamp (pts) and where the keyframes are; then, for
+each wanted frame, it seeks to the last keyframe at or before it (only when that skips work) and decodes
+forward to the exact timestamp. Only the wanted frames are converted to arrays and kept.
+
+Why this is exact, and why it always ends:
+* Frames are identified by their pts, never by counting after a seek. After a seek nothing is trusted
+  until the decoder outputs a keyframe; frames before that keyframe in presentation order (open-GOP
+  leading pictures, whose references lie before the seek point) are dropped.
+* A seek that lands after the wanted frame (MPEG program streams seek by byte position, and land where
+  they land) is retried from one and then two keyframes earlier, and then by decoding forward from the
+  start of the file, which is a full decode and needs no seeking. Once decoding from the start was
+  needed, the rest of the call goes on forward from there: every step of the escalation is tried at most
+  once per frame, so each wanted frame is either delivered or declared lost after a bounded amount of work,
+  and the whole call decodes at most a fixed multiple of the file's packets (`VideoReadError` beyond).
+* Files whose packets lack timestamps, or share them (raw elementary streams, some broken files), cannot
+  be seeked exactly: they are read by decoding from the start and numbering the frames as they come.
 
 Policies (documented choices):
-* A packet that fails to decode is skipped with a warning naming the file; a wanted frame lost that way
-  is replaced by the next frame that decodes (warned too). A video from which no frame decodes raises.
+* A packet that fails to decode is skipped (one warning per call names the file and the count); a wanted
+  frame lost that way is replaced by the next frame that decodes (warned too). A wanted frame after the
+  last frame that decodes, or a video from which no frame decodes, raises `VideoReadError`.
+* Frames that a full decode never outputs (leading pictures of an open GOP at the very start of a cut
+  stream, packets the container marks as discarded) are not counted as frames.
 * Asking for more frames than the video has returns every frame once (no frame is repeated).
 * Timestamps are seconds from the first frame of the stream.
+* A still image file (JPEG, PNG, WebP, BMP, TIFF, a one-frame GIF, ...) is a one-frame video: it is read
+  with Pillow and turned upright by its EXIF orientation, as an image viewer shows it. Animated GIF / WebP /
+  APNG files are videos.
+* A frame whose size differs from the first frame's (a resolution change mid-stream) is scaled to the first
+  frame's size, so that every call returns one array.
+* Long decodes show a progress bar on an interactive terminal (`progress=None`), after one second; pass
+  `progress=False`, or call `transformers.utils.logging.disable_progress_bar()`, to turn it off.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 import warnings
+import zlib
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -35,6 +60,13 @@ class VideoIndex:
 
     frame_pts: (total_frames,) presentation timestamps in stream time-base units, in presentation order.
     keyframe_pts: sorted presentation timestamps of the keyframes.
+    seekable: False when frames cannot be identified by timestamp (packets without or with repeated
+        timestamps); such videos are read by decoding from the start.
+    is_image: a still image file read as a one-frame video.
+    packet_pts, packet_dts, packet_sizes: (num_packets,) int64 per video packet in decode order (dts is
+        `NO_TIMESTAMP` where the container gives none); packet_crc: (num_packets,) CRC-32 of each keyframe
+        packet's bytes (-1 for the other packets). After a seek the reader recognises where it landed from these,
+        whatever timestamps the demuxer then reports.
     """
 
     frame_pts: np.ndarray
@@ -42,6 +74,17 @@ class VideoIndex:
     time_base: Fraction
     width: int
     height: int
+    seekable: bool = True
+    is_image: bool = False
+    packet_pts: np.ndarray | None = None
+    packet_dts: np.ndarray | None = None
+    packet_sizes: np.ndarray | None = None
+    packet_crc: np.ndarray | None = None
+
+    @property
+    def num_packets(self) -> int:
+        """Video packets in the stream (the unit of the reader's work bound)."""
+        return self.total_frames if self.packet_sizes is None else len(self.packet_sizes)
 
     @property
     def total_frames(self) -> int:
@@ -66,32 +109,60 @@ class VideoIndex:
         return float(self.timestamps[-1]) + (1.0 / fps if fps > 0 else 0.0)
 
 
+NO_TIMESTAMP = np.iinfo(np.int64).min  # packet_dts where the container gives no decode timestamp
+# Frames larger than this (pixels) are refused: a corrupt header must not make us allocate gigabytes.
+MAX_FRAME_PIXELS = 1 << 27  # 134 M pixels, e.g. 16384 x 8192
+# Work bound of one read_frames call: packets decoded, as a multiple of the stream's packets (plus a constant).
+WORK_BOUND_FACTOR = 6
+WORK_BOUND_EXTRA = 256
+# Packets decoded from the start while indexing, to find the frames a full decode never outputs.
+_PROBE_PACKETS = 64
+# Pillow formats read as still images (Pillow also recognises MPEG video headers, which must stay videos).
+_STILL_IMAGE_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM", "JPEG2000", "TGA", "ICO", "QOI",
+                        "PCX", "SGI", "DDS", "AVIF", "HEIF"}
+
+
 def _describe(source) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     return getattr(source, "name", None) or f"<{type(source).__name__} video>"
 
 
-def _open(source):
-    """An av container for a path, bytes or a binary file-like object; VideoReadError otherwise."""
-    import av
-
-    name = _describe(source)
+def _check_source(source, name):
+    """Early, specific errors for missing and empty inputs; bytes become a file object."""
     if isinstance(source, (str, os.PathLike)):
         if not os.path.exists(source):
             raise VideoReadError(f"{name}: no such file.")
+        if os.path.isdir(source):
+            raise VideoReadError(f"{name}: is a folder, not a video file.")
         if os.path.getsize(source) == 0:
             raise VideoReadError(f"{name}: the file is empty (0 bytes).")
-    elif isinstance(source, (bytes, bytearray, memoryview)):
+        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise VideoReadError(f"{name}: the video bytes are empty.")
-        source = io.BytesIO(bytes(source))
-    elif not hasattr(source, "read"):
+        return io.BytesIO(bytes(source))
+    if not hasattr(source, "read"):
         raise VideoReadError(f"{name}: expected a path, bytes or a binary file-like object.")
+    return source
+
+
+def _rewind(source):
+    if hasattr(source, "seek") and (not hasattr(source, "seekable") or source.seekable()):
+        source.seek(0)
+
+
+def _open(source, name):
+    """An av container for a checked source (path or file object); VideoReadError otherwise."""
+    import av
+
+    _rewind(source)
     try:
         return av.open(source, mode="r")
     except av.error.FFmpegError as error:
         raise VideoReadError(f"{name}: not a readable video container ({error}).") from error
+    except (OSError, ValueError, TypeError, EOFError, OverflowError) as error:
+        raise VideoReadError(f"{name}: cannot be opened ({type(error).__name__}: {error}).") from error
 
 
 def _video_stream(container, name):
@@ -99,40 +170,185 @@ def _video_stream(container, name):
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise VideoReadError(f"{name}: the file has no video stream (streams: {', '.join(kinds)}).")
     stream = container.streams.video[0]
+    if stream.codec_context is None:
+        codec = getattr(getattr(stream, "codec", None), "name", None) or "unknown"
+        raise VideoReadError(f"{name}: the video codec ({codec}) cannot be decoded (unknown, unsupported or a "
+                             "corrupt header).")
     stream.thread_type = "AUTO"
     return stream
 
 
-def _index(container, stream, name) -> VideoIndex:
-    """Demux the stream once (no decoding) and collect frame and keyframe timestamps."""
+# ----------------------------------------------------------------------------------------------------
+# Still images
+# ----------------------------------------------------------------------------------------------------
+
+
+def _still_image(source):
+    """A Pillow image when ``source`` is a still image file (not a video, not an animation), else None."""
+    from PIL import Image
+
+    _rewind(source)
+    try:
+        image = Image.open(source)
+    except Exception:  # not an image Pillow knows (UnidentifiedImageError), or damaged beyond its header
+        return None
+    if image.format not in _STILL_IMAGE_FORMATS or (image.format != "MPO" and getattr(image, "n_frames", 1) > 1):
+        image.close()
+        return None
+    return image
+
+
+def load_image(source, name=None) -> np.ndarray:
+    """A still image file as a (height, width, 3) uint8 RGB array, upright by its EXIF orientation."""
+    from PIL import ImageOps
+
+    name = name or _describe(source)
+    image = _still_image(_check_source(source, name))
+    if image is None:
+        raise VideoReadError(f"{name}: not a readable still image.")
+    try:
+        with image:
+            upright = ImageOps.exif_transpose(image)
+            array = np.asarray(upright.convert("RGB"))
+    except Exception as error:  # Pillow raises many types on damaged data (OSError, struct.error, zlib.error, ...)
+        raise VideoReadError(f"{name}: the image data is corrupt ({type(error).__name__}: {error}).") from error
+    if array.ndim != 3 or array.shape[0] * array.shape[1] == 0:
+        raise VideoReadError(f"{name}: the image is empty.")
+    return array
+
+
+def _image_index(image) -> VideoIndex:
+    width, height = image.size
+    orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
+    if orientation in (5, 6, 7, 8):  # a quarter turn swaps the sides (ImageOps.exif_transpose)
+        width, height = height, width
+    return VideoIndex(np.zeros(1, np.int64), np.zeros(1, np.int64), Fraction(1, 1), width, height, is_image=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The index
+# ----------------------------------------------------------------------------------------------------
+
+
+def _index(container, stream, name, source) -> VideoIndex:
+    """Demux the stream once (no decoding) and collect frame and keyframe timestamps.
+
+    Only when some packet is shown before the first keyframe (the leading B-frames of an open GOP at the
+    very start of a cut stream, P-frames of a stream cut mid-GOP), or the header gives no frame size, are
+    the first packets decoded too (at most `_PROBE_PACKETS`, from a second opening of the source): frames
+    the decoder does not output there are not frames of a full decode.
+    """
     import av
 
-    pts, keyframes = [], []
+    packets = []  # (pts, dts, is_keyframe, size, crc) in decode order, without discarded or empty packets
+    first_key_pts = None
     try:
         for packet in container.demux(stream):
-            if packet.size == 0:
-                continue
-            if packet.pts is None:
-                raise VideoReadError(f"{name}: a video packet has no presentation timestamp; cannot index frames.")
-            pts.append(packet.pts)
-            if packet.is_keyframe:
-                keyframes.append(packet.pts)
+            if packet.size == 0 or packet.is_discard:
+                continue  # discarded: e.g. frames an MP4 edit list cuts, which a full decode never outputs
+            key = bool(packet.is_keyframe)
+            packets.append((packet.pts, packet.dts, key, packet.size, zlib.crc32(memoryview(packet)) if key else -1))
+            if key and first_key_pts is None and packet.pts is not None:
+                first_key_pts = packet.pts
     except av.error.FFmpegError as error:
-        if not pts:
+        if not packets:
             raise VideoReadError(f"{name}: the video stream cannot be read ({error}).") from error
-        warnings.warn(f"{name}: demuxing stopped early ({error}); using the {len(pts)} frames before it.", stacklevel=3)
-    if not pts:
+        warnings.warn(f"{name}: demuxing stopped early ({error}); using the {len(packets)} frames before it.",
+                      stacklevel=3)
+    if not packets:
         raise VideoReadError(f"{name}: the video stream has no frames.")
-    frame_pts = np.sort(np.asarray(pts, dtype=np.int64))
+
+    all_pts = [p[0] for p in packets]
+    seekable = all(p is not None for p in all_pts) and len(set(all_pts)) == len(all_pts)
+    codec = stream.codec_context
+    width, height = codec.width, codec.height
+    leading = seekable and (first_key_pts is None or min(all_pts) < first_key_pts)
+    shown = None
+    if leading or not width or not height:
+        shown, size = _probe_decode(source, name, first_key_pts)
+        width, height = size or (width, height)
+    if not width or not height or width <= 0 or height <= 0:
+        raise VideoReadError(f"{name}: the frame size is unknown (no frame decodes and the header gives none).")
+    if width * height > MAX_FRAME_PIXELS:
+        raise VideoReadError(f"{name}: the frame size {width} x {height} is implausible (corrupt header?).")
+    if not seekable:
+        return _unseekable_index(stream, packets, width, height, name)
+
+    frame_pts = np.sort(np.asarray(all_pts, dtype=np.int64))
+    if leading and shown is not None:
+        frame_pts = frame_pts[(frame_pts >= first_key_pts) | np.isin(frame_pts, list(shown))]
+    keyframes = [p[0] for p in packets if p[2]]
     keyframe_pts = np.sort(np.asarray(keyframes or [frame_pts[0]], dtype=np.int64))
-    return VideoIndex(frame_pts, keyframe_pts, stream.time_base, stream.codec_context.width, stream.codec_context.height)
+    return VideoIndex(
+        frame_pts, keyframe_pts, stream.time_base, width, height, seekable=True,
+        packet_pts=np.asarray(all_pts, dtype=np.int64),
+        packet_dts=np.asarray([NO_TIMESTAMP if p[1] is None else p[1] for p in packets], dtype=np.int64),
+        packet_sizes=np.asarray([p[3] for p in packets], dtype=np.int64),
+        packet_crc=np.asarray([p[4] for p in packets], dtype=np.int64),
+    )
+
+
+def _probe_decode(source, name, first_key_pts):
+    """Decode the first packets (at most `_PROBE_PACKETS`) until the first keyframe comes out.
+
+    Returns (pts of the frames output before it, or None when it never came out; the first frame's size
+    or None)."""
+    import av
+
+    shown, size, done = set(), None, False
+    with _open(source, name) as container:
+        stream = _video_stream(container, name)
+        codec = stream.codec_context
+        packets = container.demux(stream)
+        for _ in range(_PROBE_PACKETS + 1):
+            try:
+                packet = next(packets, None)
+            except av.error.FFmpegError:
+                packet = None
+            try:
+                frames = packet.decode() if packet is not None else codec.decode(None)
+            except av.error.FFmpegError:
+                frames = []
+            for frame in frames:
+                size = size or (frame.width, frame.height)
+                if frame.pts is not None:
+                    shown.add(frame.pts)
+                    done = done or (first_key_pts is not None and frame.pts >= first_key_pts)
+            if done or packet is None or packet.size == 0:
+                break
+    return (shown if done else None), size
+
+
+def _unseekable_index(stream, packets, width, height, name) -> VideoIndex:
+    """Index of a stream whose frames have no unique timestamps: frames are numbered as they decode, and
+    timestamps come from the decode timestamps when they increase, else from the frame rate."""
+    dts = [p[1] for p in packets]
+    count = len(packets)
+    if all(d is not None for d in dts) and all(b > a for a, b in zip(dts, dts[1:])):
+        frame_pts, time_base = np.asarray(dts, dtype=np.int64), stream.time_base
+    else:
+        rate = stream.average_rate or stream.guessed_rate or 25
+        frame_pts, time_base = np.arange(count, dtype=np.int64), Fraction(1) / Fraction(rate)
+    warnings.warn(f"{name}: the video's packets have no unique timestamps; frames are read by decoding from "
+                  "the start (slower, still exact).", stacklevel=4)
+    return VideoIndex(frame_pts, frame_pts[:1].copy(), time_base, width, height, seekable=False,
+                      packet_sizes=np.asarray([p[3] for p in packets], dtype=np.int64))
 
 
 def probe_video(source) -> VideoIndex:
-    """Demux a video (no decoding) and return its `VideoIndex`: frame count, timestamps, fps, keyframes."""
+    """Demux a video (decoding only its first packets) and return its `VideoIndex`: frame count,
+    timestamps, fps, keyframes. A still image file gives a one-frame index (``is_image=True``)."""
     name = _describe(source)
-    with _open(source) as container:
-        return _index(container, _video_stream(container, name), name)
+    source = _check_source(source, name)
+    image = _still_image(source)
+    if image is not None:
+        with image:
+            try:
+                return _image_index(image)
+            except Exception as error:  # Pillow raises many types on damaged data
+                raise VideoReadError(f"{name}: the image data is corrupt ({type(error).__name__}: {error}).") from error
+    with _open(source, name) as container:
+        return _index(container, _video_stream(container, name), name, source)
 
 
 def sample_frame_indices(
@@ -178,83 +394,348 @@ def sample_frame_indices(
     return np.unique(indices.astype(np.int64))
 
 
-def read_frames(source, indices, index: VideoIndex | None = None) -> tuple[np.ndarray, np.ndarray, VideoIndex]:
+# ----------------------------------------------------------------------------------------------------
+# Decoding
+# ----------------------------------------------------------------------------------------------------
+
+
+def _seek(container, stream, pts: int):
+    """Ask the demuxer for the keyframe at or before ``pts``. Where it really lands is checked afterwards."""
+    container.seek(pts, stream=stream, backward=True, any_frame=False)
+
+
+class _OverBudget(Exception):
+    """Raised inside a run when the call has decoded more packets than its current limit allows."""
+
+
+class _SeekMissed(Exception):
+    """Raised inside a run that started with a seek, when it cannot give exact frames for its target: the
+    seek landed after the target, on packets the index does not know, or the decoder put out no keyframe
+    before the target. The caller then tries another strategy."""
+
+
+class _Decoder:
+    """One container on the source and runs of decoded frames, from a seek or from the start.
+
+    A run yields the frames it can vouch for, in output (presentation) order, with their true timestamps:
+    * from the start, every frame (a full decode);
+    * after a seek, packets are skipped up to the first keyframe packet, which is recognised in the index
+      (by size and CRC), and every packet from there on must be the index's next packet (by size). Each is
+      re-stamped with the index's timestamps, since demuxers of program streams can report other ones after
+      a seek. Frames are vouched for from the first keyframe the decoder puts out, and only at or after the
+      keyframe packet's timestamp (leading pictures of an open GOP refer to frames before the seek).
+    ``packets_decoded`` counts the call's work; beyond ``limit`` a run raises `_OverBudget`.
+    """
+
+    def __init__(self, source, name, index: VideoIndex, wanted_pts: set):
+        self.source, self.name, self.index, self.wanted_pts = source, name, index, wanted_pts
+        self.limit = WORK_BOUND_FACTOR * index.num_packets + WORK_BOUND_EXTRA
+        self.packets_decoded = 0
+        self.decode_errors = 0
+        self.seeks = 0  # runs started by a seek
+        self.missed_seeks = 0  # of which could not give the frame they were for
+        self.full_decodes = 0  # runs from the start
+        self.anchor_pts = None  # pts of the keyframe packet the last seek was recognised at
+        self.container = None
+        self.stream = None
+        # Decode-order positions of the keyframe packets (those with a CRC).
+        self._keyframe_positions = None if index.packet_crc is None else np.flatnonzero(index.packet_crc >= 0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+
+    def allow_one_full_decode(self):
+        """Raise the limit so that one more decode of the whole stream from here fits."""
+        self.limit = self.packets_decoded + self.index.num_packets + WORK_BOUND_EXTRA
+
+    def _ensure_open(self):
+        if self.container is None:
+            self.container = _open(self.source, self.name)
+            self.stream = _video_stream(self.container, self.name)
+
+    def from_start(self):
+        """A full decode, from a freshly opened container (no seek)."""
+        self.close()
+        self._ensure_open()
+        self.full_decodes += 1
+        return self._run(None)
+
+    def from_keyframe(self, keyframe_pts: int, target_pts: int):
+        """Frames after seeking to the keyframe at or before ``keyframe_pts`` (None: the container cannot seek).
+        The run raises `_SeekMissed` unless it vouches for a frame at or before ``target_pts`` first."""
+        import av
+
+        self._ensure_open()
+        try:
+            _seek(self.container, self.stream, int(keyframe_pts))
+        except av.error.FFmpegError:
+            return None
+        self.seeks += 1
+        self.anchor_pts = None
+        return self._run(target_pts)
+
+    def _identify(self, packet) -> int | None:
+        """Decode-order position in the index of a keyframe packet met after a seek, or None."""
+        index = self.index
+        candidates = self._keyframe_positions[index.packet_sizes[self._keyframe_positions] == packet.size]
+        if len(candidates):
+            candidates = candidates[index.packet_crc[candidates] == zlib.crc32(memoryview(packet))]
+        if len(candidates) == 0:
+            return None
+        if len(candidates) > 1 and packet.pts is not None:  # identical keyframes: the nearest in time
+            candidates = candidates[np.argsort(np.abs(index.packet_pts[candidates] - packet.pts), kind="stable")]
+        return int(candidates[0])
+
+    def _run(self, target_pts):
+        import av
+
+        index = self.index
+        seeked = target_pts is not None
+        codec = self.stream.codec_context
+        demuxed = self.container.demux(self.stream)
+        position = None  # decode-order position in the index of the last packet (after a seek)
+        anchor = None  # the first vouched-for timestamp after a seek
+        trusted = not seeked
+        while True:
+            try:
+                packet = next(demuxed, None)
+            except av.error.FFmpegError:
+                packet = None  # the demuxer gave up (truncated or corrupt data): flush what was decoded
+            self.packets_decoded += 1
+            if self.packets_decoded > self.limit:
+                raise _OverBudget()
+            end = packet is None or packet.size == 0
+            if not end and packet.is_discard:
+                continue
+            if seeked and not end:
+                if position is None:
+                    if not packet.is_keyframe:
+                        continue  # before the first keyframe after the seek: not decoded
+                    position = self._identify(packet)
+                    if position is None or index.packet_pts[position] > target_pts:
+                        raise _SeekMissed()
+                    anchor = self.anchor_pts = int(index.packet_pts[position])
+                else:
+                    position += 1
+                    if position >= index.num_packets or index.packet_sizes[position] != packet.size:
+                        raise _SeekMissed()  # not the packets the index has: the seek cannot be followed
+                packet.pts = int(index.packet_pts[position])
+                dts = int(index.packet_dts[position])
+                packet.dts = None if dts == NO_TIMESTAMP else dts
+            if seeked and end and anchor is None:
+                raise _SeekMissed()  # the stream ended before a keyframe after the seek
+            if not end and index.seekable:
+                # Frames no other frame refers to are skipped unless wanted: decoding stays exact.
+                codec.skip_frame = "DEFAULT" if packet.pts in self.wanted_pts else "NONREF"
+            try:
+                frames = packet.decode() if packet is not None else codec.decode(None)
+            except av.error.FFmpegError:
+                self.decode_errors += trusted  # errors before the first keyframe after a seek are expected
+                frames = []
+            for frame in frames:
+                if seeked:
+                    if not trusted:
+                        if not frame.key_frame:
+                            continue
+                        trusted = True
+                        if frame.pts is None or frame.pts > target_pts:
+                            raise _SeekMissed()  # the decoder restarted only after the target
+                    if frame.pts is None or frame.pts < anchor:
+                        continue  # a leading picture of the keyframe: its references precede the seek
+                yield frame
+            if end:
+                if seeked and not trusted:
+                    raise _SeekMissed()
+                return  # end of stream (the empty packet flushed the decoder)
+
+
+def _to_rgb(frame, index: VideoIndex) -> np.ndarray:
+    """(height, width, 3) uint8 of a decoded frame, scaled to the index's frame size if it differs."""
+    if (frame.width, frame.height) != (index.width, index.height):
+        frame = frame.reformat(width=index.width, height=index.height)
+    return frame.to_ndarray(format="rgb24")
+
+
+def _progress_bar(progress, total, name):
+    if progress is None:
+        hf_logging = sys.modules.get("transformers.utils.logging")  # its switch, when transformers is in use
+        progress = sys.stderr.isatty() and (hf_logging is None or hf_logging.is_progress_bar_enabled())
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"decoding {os.path.basename(name)}", unit="frame", delay=1.0, leave=False)
+
+
+def read_frames(source, indices, index: VideoIndex | None = None, progress: bool | None = None
+                ) -> tuple[np.ndarray, np.ndarray, VideoIndex]:
     """Decode exactly the frames at ``indices`` (any order, repeats allowed).
 
+    Args:
+        source: a path, bytes or a binary file-like object.
+        indices: frame indices in presentation order (0 .. total_frames - 1).
+        index: the video's `VideoIndex` from `probe_video`, when already known.
+        progress: show a progress bar (None: on an interactive terminal, for decodes longer than 1 s).
     Returns:
         frames: (len(indices), height, width, 3) uint8 RGB, in the order of ``indices``;
         timestamps: (len(indices),) seconds; the `VideoIndex` of the video.
     """
-    import av
-
     name = _describe(source)
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if isinstance(source, io.IOBase) and source.seekable():
-        source.seek(0)
-    with _open(source) as container:
-        stream = _video_stream(container, name)
-        if index is None:
-            index = _index(container, stream, name)
-        if len(indices) and (indices.min() < 0 or indices.max() >= index.total_frames):
-            raise VideoReadError(
-                f"{name}: frame indices must be in 0..{index.total_frames - 1}, got {indices.min()}..{indices.max()}."
-            )
-        wanted = np.unique(indices)
-        pending = list(zip(wanted.tolist(), index.frame_pts[wanted].tolist()))  # (index, pts), ascending
-        pending_pts = {pts for _, pts in pending}
-        codec = stream.codec_context
-        # Frames go straight into the output (a repeated index is decoded once and copied).
-        out = np.empty((len(indices), index.height, index.width, 3), dtype=np.uint8)
-        positions: dict[int, list[int]] = {}
-        for position, i in enumerate(indices.tolist()):
-            positions.setdefault(i, []).append(position)
-        packets, queue = None, []
-        keyframe_pos = -1  # position in index.keyframe_pts of the keyframe the decoder started from
-        last_pts = None  # pts of the last frame decoded since that seek
-        fresh_seek = False
+    source = _check_source(source, name)
+    if index is None:
+        index = probe_video(source)
+    if len(indices) and (indices.min() < 0 or indices.max() >= index.total_frames):
+        raise VideoReadError(
+            f"{name}: frame indices must be in 0..{index.total_frames - 1}, got {indices.min()}..{indices.max()}."
+        )
+    out = np.empty((len(indices), index.height, index.width, 3), dtype=np.uint8)
+    positions: dict[int, list[int]] = {}
+    for position, i in enumerate(indices.tolist()):
+        positions.setdefault(i, []).append(position)
+    if not positions:
+        return out, index.timestamps[indices], index
+    if index.is_image:
+        image = load_image(source, name)
+        if image.shape[:2] != (index.height, index.width):
+            raise VideoReadError(f"{name}: the image changed while it was read.")
+        out[:] = image
+        return out, index.timestamps[indices], index
 
-        def seek(position):
-            nonlocal packets, queue, keyframe_pos, last_pts, fresh_seek
-            container.seek(int(index.keyframe_pts[position]), stream=stream, backward=True, any_frame=False)
-            packets, queue, keyframe_pos, last_pts, fresh_seek = container.demux(stream), [], position, None, True
+    wanted = sorted(positions)
+    bar = _progress_bar(progress, len(wanted), name)
 
-        while pending:
-            target_index, target_pts = pending[0]
-            target_keyframe = max(0, int(np.searchsorted(index.keyframe_pts, target_pts, side="right")) - 1)
-            if packets is None or (last_pts is not None and last_pts >= target_pts) or target_keyframe > keyframe_pos:
-                seek(target_keyframe)  # a later keyframe lets us skip decoding, or we must go back
-            if not queue:
-                frames = None
-                for packet in packets:
-                    # Frames no other frame refers to are skipped unless wanted: decoding stays exact.
-                    codec.skip_frame = "DEFAULT" if packet.pts in pending_pts else "NONREF"
-                    try:
-                        frames = packet.decode()
-                        break
-                    except av.error.FFmpegError as error:
-                        warnings.warn(f"{name}: skipped a video packet that failed to decode ({error}).", stacklevel=2)
-                if frames is None:  # end of stream
-                    raise VideoReadError(
-                        f"{name}: frame {target_index} could not be decoded (the stream ends or is corrupt after it)."
-                    )
-                queue = [frame for frame in frames if frame.pts is not None]
-                continue
-            frame = queue.pop(0)
-            if fresh_seek and frame.pts > target_pts and keyframe_pos > 0:
-                seek(keyframe_pos - 1)  # the seek landed past the target: start from an earlier keyframe
-                continue
-            fresh_seek = False
-            last_pts = frame.pts
-            while keyframe_pos + 1 < len(index.keyframe_pts) and index.keyframe_pts[keyframe_pos + 1] <= frame.pts:
-                keyframe_pos += 1  # decoded past the next keyframe: going on from here is as good as seeking
-            while pending and pending[0][1] <= frame.pts:
-                target_index, target_pts = pending.pop(0)
-                pending_pts.discard(target_pts)
-                if target_pts != frame.pts:
-                    warnings.warn(f"{name}: frame {target_index} did not decode; using the next frame that did.",
-                                  stacklevel=2)
-                out[positions[target_index]] = frame.to_ndarray(format="rgb24")
+    def deliver(i, frame):
+        out[positions[i]] = _to_rgb(frame, index)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        with _Decoder(source, name, index, set(index.frame_pts[wanted].tolist())) as decoder:
+            if index.seekable:
+                replaced = _read_by_seeking(decoder, index, wanted, deliver)
+            else:
+                replaced = _read_in_order(decoder, wanted, deliver)
+    finally:
+        if bar is not None:
+            bar.close()
+    if decoder.decode_errors:
+        warnings.warn(f"{name}: skipped {decoder.decode_errors} video packet(s) that failed to decode.", stacklevel=2)
+    if replaced:
+        shown = ", ".join(map(str, replaced[:10])) + (", ..." if len(replaced) > 10 else "")
+        warnings.warn(f"{name}: frame(s) {shown} did not decode; each is replaced by the next frame that did.",
+                      stacklevel=2)
     return out, index.timestamps[indices], index
 
 
-__all__ = ["VideoReadError", "VideoIndex", "probe_video", "sample_frame_indices", "read_frames"]
+def _read_in_order(decoder, wanted, deliver) -> list[int]:
+    """Unseekable streams: decode from the start and number the frames as they come out."""
+    pending = list(wanted)
+    number = 0
+    try:
+        for frame in decoder.from_start():
+            if number == pending[0]:
+                deliver(pending.pop(0), frame)
+                if not pending:
+                    return []
+            number += 1
+    except _OverBudget:
+        raise VideoReadError(f"{decoder.name}: gave up after decoding {decoder.packets_decoded} packets (the stream "
+                             f"has {decoder.index.num_packets}).") from None
+    raise VideoReadError(
+        f"{decoder.name}: frame {pending[0]} could not be decoded (only {number} frames decode; the stream "
+        "ends or is corrupt)."
+    )
+
+
+# Seeks from earlier keyframes tried for one frame before decoding the file from the start.
+MAX_EARLIER_SEEKS = 2
+
+
+def _read_by_seeking(decoder, index, wanted, deliver) -> list[int]:
+    """Seekable streams: for each wanted frame (ascending), seek to a keyframe at or before it when that skips
+    work, decode forward and take the frame whose pts matches. Returns the frames replaced by the next one.
+
+    Every frame is settled (delivered, or declared lost because decoding went continuously past it) after
+    at most 1 + MAX_EARLIER_SEEKS seeks and one decode from the start; once a decode from the start was
+    needed, the call continues forward from there without seeking, so it decodes the file at most once more.
+    """
+    keyframes = index.keyframe_pts
+    pending = [(i, int(index.frame_pts[i])) for i in wanted]  # (frame index, pts), ascending
+    replaced: list[int] = []
+    backoff = 0  # extra keyframes a seek aims before the target's own (learned when seeks land late)
+    slack = 0  # keyframes before its aim that a seek has landed (learned), so seeking ahead must skip more
+    attempts = 0  # earlier-keyframe seeks spent on the first pending frame
+    whole_file = False  # decoding forward from the start for the rest of the call
+    run = None  # the current run of decoded frames
+    run_aim = None  # the keyframe position the current run's seek aimed at
+    reached = -1  # position in `keyframes` of the last keyframe the current run decoded through
+
+    def keyframe_position(pts):
+        return int(np.searchsorted(keyframes, pts, side="right")) - 1  # -1: before the first keyframe
+
+    while pending:
+        target, target_pts = pending[0]
+        aim = keyframe_position(target_pts) - backoff - attempts
+        if run_aim is not None and decoder.anchor_pts is not None:
+            slack = max(slack, run_aim - keyframe_position(decoder.anchor_pts))
+            run_aim = None
+        if run is not None and not whole_file and aim - slack > reached:
+            run.close()  # a keyframe after what was decoded lets a seek skip work
+            run = None
+        if run is None:
+            run_aim = None
+            if whole_file or aim < 0:  # from the start: needs no seek, cannot land wrong
+                run = decoder.from_start()
+            else:
+                run, run_aim = decoder.from_keyframe(int(keyframes[aim]), target_pts), aim
+                if run is None:  # the container cannot seek
+                    whole_file, run = True, decoder.from_start()
+            reached = max(aim, -1)
+        try:
+            for frame in run:
+                reached = max(reached, keyframe_position(frame.pts))
+                while pending and pending[0][1] < frame.pts:
+                    replaced.append(pending[0][0])  # decoded continuously past it: it does not decode
+                    deliver(pending.pop(0)[0], frame)
+                if pending and pending[0][1] == frame.pts:
+                    deliver(pending.pop(0)[0], frame)
+                if not pending or pending[0][0] != target:
+                    break
+            else:
+                raise VideoReadError(
+                    f"{decoder.name}: frame {target} could not be decoded (the stream ends or is corrupt after it)."
+                )
+        except _SeekMissed:
+            decoder.missed_seeks += 1
+            run.close()
+            run = run_aim = None
+            attempts += 1  # try again from an earlier keyframe (from the start, before the first one)
+            if attempts > MAX_EARLIER_SEEKS:
+                whole_file = True  # decode from the start, and go on forward from there
+            continue
+        except _OverBudget:
+            if whole_file:
+                raise VideoReadError(
+                    f"{decoder.name}: gave up after decoding {decoder.packets_decoded} packets (the stream has "
+                    f"{index.num_packets}); its timestamps or seek index are inconsistent."
+                ) from None
+            run.close()
+            decoder.allow_one_full_decode()
+            whole_file, run = True, None
+            continue
+        if attempts and not whole_file:
+            backoff += attempts  # later seeks aim that much earlier from the start
+        attempts = 0
+    return replaced
+
+
+__all__ = ["VideoReadError", "VideoIndex", "probe_video", "sample_frame_indices", "read_frames", "load_image"]
