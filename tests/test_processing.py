@@ -121,3 +121,14 @@ def test_images_are_one_frame_clips_end_to_end(clip, tmp_path):
     assert model(**inputs).logits.shape[:2] == ids.shape
     with pytest.raises(ValueError, match="1 <image> placeholders but 2 images"):
         processor(text="<image> a", images=[np.zeros((4, 4, 3), np.uint8)] * 2)
+
+
+def test_unknown_arguments_raise_with_the_accepted_names(clip):
+    _, processor = make(num_frames=5)
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) nframes\. Accepted: the video settings .*num_frames"):
+        processor(text="<video> what", videos=[clip], nframes=8)
+    with pytest.raises(ValueError, match="unknown argument"):
+        processor.apply_chat_template([{"role": "user", "content": [{"type": "video", "path": clip}]}],
+                                      tokenize=True, return_dict=True, processor_kwargs={"fsp": 1})
+    ok = processor(text="<video> what", videos=[clip], num_frames=4, truncation=False, padding_side="left")
+    assert ok["video_num_frames"].tolist() == [4]  # real video and tokenizer settings still pass

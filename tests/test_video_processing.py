@@ -94,3 +94,44 @@ def test_save_and_load(tmp_path):
     from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
     assert isinstance(AutoVideoProcessor.from_pretrained(tmp_path), StormVideoProcessor)
+
+
+def test_still_images_given_as_videos_are_one_frame_clips(tmp_path, clip):
+    """PNG, JPEG (with an EXIF thumbnail, which FFmpeg's JPEG reader trips on) and a rotated JPEG: one
+    frame each, Pillow's pixels turned upright; an animated GIF stays a video."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    from storm_hf import probe_video, read_frames
+
+    from .video_factory import index_frame
+
+    picture = np.repeat(np.repeat(index_frame(5), 4, 0), 4, 1)  # (192, 256, 3)
+    Image.fromarray(picture).save(tmp_path / "frame.png")
+    thumb, main = io.BytesIO(), io.BytesIO()
+    Image.fromarray(picture).resize((64, 48)).save(thumb, "JPEG")
+    Image.fromarray(picture).save(main, "JPEG", quality=95)
+    payload = b"Exif\0\0II*\0\x08\0\0\0\0\0" + thumb.getvalue()
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    (tmp_path / "camera.jpg").write_bytes(main.getvalue()[:2] + app1 + main.getvalue()[2:])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    Image.fromarray(picture).save(tmp_path / "portrait.jpg", exif=exif, quality=95)
+    frames = [Image.fromarray(index_frame(i)) for i in range(5)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+
+    png, _, index = read_frames(tmp_path / "frame.png", [0])
+    assert index.is_image and index.total_frames == 1 and np.array_equal(png[0], picture)
+    jpg, _, _ = read_frames(tmp_path / "camera.jpg", [0, 0])
+    assert jpg.shape == (2, 192, 256, 3) and np.abs(jpg[0].astype(int) - picture).mean() < 4
+    portrait, _, index = read_frames(tmp_path / "portrait.jpg", [0])
+    assert portrait.shape == (1, 256, 192, 3) and (index.width, index.height) == (192, 256)
+    assert np.abs(portrait[0].astype(int) - np.rot90(picture, -1)).mean() < 4
+    assert probe_video(tmp_path / "anim.gif").total_frames == 5 and not probe_video(tmp_path / "anim.gif").is_image
+
+    out = small_processor(num_frames=8)([str(tmp_path / "camera.jpg"), str(clip)], return_metadata=True)
+    assert out["video_num_frames"].tolist() == [1, 8]
+    meta = out["video_metadata"][0]
+    assert meta.video_backend == "pillow" and meta.frames_indices == [0] and meta.timestamps == [0.0]

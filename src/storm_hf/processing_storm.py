@@ -6,13 +6,16 @@ number of visual tokens the model will produce for that video (the same `num_vid
 from __future__ import annotations
 
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessorMixin, TextKwargs
 from transformers.utils import logging
 
 from .configuration_storm import num_video_tokens
 from .video_processing_storm import StormVideoProcessor, _is_frame_list
 
 logger = logging.get_logger(__name__)
+
+# Tokenizer settings the processor passes on (transformers' own list of text kwargs).
+_TOKENIZER_KEYS = frozenset(TextKwargs.__annotations__) - {"return_tensors"}
 
 # Qwen2-style chat template: `{"type": "video", ...}` and `{"type": "image", ...}` content items become one
 # placeholder each (expanded by the processor), `{"type": "text", "text": ...}` items their text.
@@ -130,6 +133,15 @@ class StormProcessor(ProcessorMixin):
             raise ValueError("StormProcessor: `text` is required.")
         texts = [text] if isinstance(text, str) else list(text)
         video_keys = set(self.video_processor._settings) | {"video_metadata"}
+        unknown = set(kwargs) - video_keys - _TOKENIZER_KEYS - {"return_dict", "audio"}
+        if unknown:  # a typo (nframes=8) must not silently give the default
+            raise ValueError(
+                f"StormProcessor: unknown argument(s) {', '.join(sorted(unknown))}. Accepted: the video settings "
+                f"{', '.join(sorted(video_keys))}; max_visual_tokens; images, videos, text; and the tokenizer's "
+                f"{', '.join(sorted(_TOKENIZER_KEYS))}."
+            )
+        if kwargs.pop("audio", None) is not None:
+            raise ValueError("StormProcessor: STORM takes no audio.")
         video_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in video_keys}
         if max_visual_tokens is not None:
             self._apply_budget(max_visual_tokens, video_kwargs)
@@ -208,17 +220,19 @@ def _flatten_images(images) -> list:
 
 
 def _image_array(image):
-    """An image (PIL image, path, or (H, W[, C]) array / tensor) as a one-frame (1, H, W, C) array."""
+    """An image (PIL image, path, or (H, W[, C]) array / tensor) as a one-frame (1, H, W, C) array. Paths are
+    read like still images given as videos (`video_io.load_image`: RGB, upright by the EXIF orientation)."""
+    import os
+
     import numpy as np
 
-    if isinstance(image, str):
-        from PIL import Image
+    from .video_io import VideoReadError, load_image
 
+    if isinstance(image, (str, os.PathLike)):
         try:
-            with Image.open(image) as opened:
-                image = opened.convert("RGB")
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{image}: not a readable image ({error}).") from error
+            image = load_image(image)
+        except VideoReadError as error:
+            raise ValueError(str(error).replace("not a readable still image", "not a readable image")) from error
     array = np.asarray(image)
     if array.ndim == 2:
         array = array[:, :, None]

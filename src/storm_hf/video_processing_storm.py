@@ -1,8 +1,8 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
 """StormVideoProcessor: video files or frame arrays -> `pixel_values_videos` for STORM, without torchvision.
 
-Files (path, bytes or binary file-like) are read with `video_io` (PyAV, exact frames, no full decode);
-arrays and frame lists are sampled in memory. Frames are resized and normalised in torch. A batch of
+Files (path, bytes or binary file-like) are read with `video_io` (PyAV, exact frames, no full decode; a
+still image file is a one-frame clip); arrays and frame lists are sampled in memory. Frames are resized and normalised in torch. A batch of
 videos of different lengths is padded at the end and comes with `video_num_frames`.
 """
 
@@ -79,6 +79,9 @@ class StormVideoProcessor(VideoProcessorMixin):
     r"""
     Video processor for STORM.
 
+    A still image file given as a video (JPEG, PNG, WebP, ...) is a one-frame clip, upright by its EXIF
+    orientation; its metadata has `video_backend="pillow"` and fps 0. Animated GIF / WebP / APNG are videos.
+
     Args (all also accepted per call):
         num_frames (`int`, defaults to 32): frames sampled uniformly over the whole video (the paper's
             default); a video with fewer frames gives all of them, once each.
@@ -145,8 +148,8 @@ class StormVideoProcessor(VideoProcessorMixin):
                 frames = torch.from_numpy(frames)
                 meta = StormVideoMetadata(
                     total_num_frames=index.total_frames, fps=index.fps, width=index.width, height=index.height,
-                    duration=index.duration, video_backend="pyav", frames_indices=indices.tolist(),
-                    frame_timestamps=[float(t) for t in stamps],
+                    duration=index.duration, video_backend="pillow" if index.is_image else "pyav",
+                    frames_indices=indices.tolist(), frame_timestamps=[float(t) for t in stamps],
                 )
             else:
                 frames = _frames_array(video, str(name))
