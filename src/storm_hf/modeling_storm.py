@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -390,6 +391,10 @@ class StormProjector(nn.Module):
 # Models
 # ----------------------------------------------------------------------------------------------------
 
+# Files a save of the model replaces in a folder it saves over: the weights (single or sharded, safetensors
+# or old pickles) and their index. Anything else there is kept.
+_REPLACED_WEIGHTS = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
+
 
 class StormPreTrainedModel(PreTrainedModel):
     config_class = StormConfig
@@ -417,9 +422,12 @@ class StormPreTrainedModel(PreTrainedModel):
         (configuration_storm.py, modeling_storm.py, selective_scan.py) and an `auto_map` for AutoConfig,
         AutoModel and AutoModelForImageTextToText, so `trust_remote_code=True` loads it without storm_hf.
 
-        Over an existing folder the save is all-or-nothing: everything is written to a fresh sibling folder
-        first, files of other kinds already there (processor, tokenizer, README) are carried over, and the
-        folders are then swapped by rename, so an interrupted save never leaves old and new weights mixed.
+        Over an existing folder the save is all-or-nothing and keeps everything it does not replace:
+        the new files are written to a fresh sibling folder, every other entry of the folder (processor and
+        tokenizer files, a README, `checkpoint-N` folders, an `adapter_model.safetensors`, ...) is moved
+        into it by rename, and the folders are then swapped by rename. Only the files the save rewrites and
+        the model weights it replaces (`model*.safetensors`, `pytorch_model*.bin` and their index) go. An
+        interrupted save puts everything back and leaves the old checkpoint whole.
         """
         if kwargs.get("safe_serialization") is False:
             raise ValueError("StormPreTrainedModel.save_pretrained writes safetensors only (no pickle files).")
@@ -429,22 +437,26 @@ class StormPreTrainedModel(PreTrainedModel):
             return super().save_pretrained(save_directory, *args, **kwargs)
         parent = os.path.dirname(target)
         staging = tempfile.mkdtemp(prefix=os.path.basename(target) + ".saving-", dir=parent)
+        previous = os.path.join(parent, os.path.basename(staging).replace(".saving-", ".previous-"))
+        carried = []  # entries moved from the folder into the staging folder
         try:
             result = super().save_pretrained(staging, *args, **kwargs)
             written = set(os.listdir(staging))
-            for name in os.listdir(target):
-                path = os.path.join(target, name)
-                is_weights = name.endswith((".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json"))
-                if name not in written and not is_weights and os.path.isfile(path):
-                    shutil.copy2(path, os.path.join(staging, name))
-            previous = tempfile.mkdtemp(prefix=os.path.basename(target) + ".previous-", dir=parent)
-            os.rmdir(previous)
+            for name in sorted(os.listdir(target)):
+                if name not in written and not _REPLACED_WEIGHTS.match(name):
+                    os.rename(os.path.join(target, name), os.path.join(staging, name))
+                    carried.append(name)
             os.rename(target, previous)
             os.rename(staging, target)
         except BaseException:
+            if not os.path.isdir(target) and os.path.isdir(previous):
+                os.rename(previous, target)
+            for name in carried:
+                if os.path.lexists(os.path.join(staging, name)):
+                    os.rename(os.path.join(staging, name), os.path.join(target, name))
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        shutil.rmtree(previous, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)  # only what the new save replaced
         return result
 
     def model_card(self, repo_id: str, base_models: list[str] | None = None) -> str:

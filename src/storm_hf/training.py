@@ -15,6 +15,7 @@ a plain string is also accepted). Records without "video" are text-only.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -23,12 +24,64 @@ import torch
 IGNORE_INDEX = -100
 
 
-def load_video_dataset(path: str, split: str = "train"):
-    """The records of a JSON / JSONL file as a `datasets.Dataset`. Videos stay paths: nothing is decoded
-    until a batch is collated, so thousands of long videos load instantly."""
-    from datasets import load_dataset
+class VideoQADataset(torch.utils.data.Dataset):
+    """The records of a JSON (a list of records) or JSONL (one record per line) file.
 
-    return load_dataset("json", data_files={split: str(path)}, split=split)
+    JSONL files are read lazily: loading checks every line and keeps only its byte offset, and a record is
+    parsed when it is asked for, so millions of records take a few bytes each. Videos stay paths: nothing is
+    decoded until a batch is collated. A line that is not a JSON object with a "messages" list raises a
+    `ValueError` naming the file and the line.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+        self._records = None  # JSON: the records; JSONL: None (offsets instead)
+        self._offsets: list[int] = []
+        with open(self.path, "rb") as f:
+            head = f.read(4096).lstrip()
+        if head.startswith(b"["):
+            with open(self.path, encoding="utf-8") as f:
+                try:
+                    records = json.load(f)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{self.path}: not valid JSON ({error}).") from error
+            for number, record in enumerate(records, 1):
+                _check_record(record, f"{self.path}: record {number}")
+            self._records = records
+            return
+        with open(self.path, "rb") as f:
+            offset = 0
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise ValueError(f"{self.path}: line {number} is not valid JSON ({error}).") from error
+                    _check_record(record, f"{self.path}: line {number}")
+                    self._offsets.append(offset)
+                offset += len(line)
+
+    def __len__(self) -> int:
+        return len(self._records) if self._records is not None else len(self._offsets)
+
+    def __getitem__(self, i: int) -> dict:
+        if self._records is not None:
+            return self._records[i]
+        with open(self.path, "rb") as f:
+            f.seek(self._offsets[i])
+            return json.loads(f.readline())
+
+
+def _check_record(record, where: str):
+    if not isinstance(record, dict) or not isinstance(record.get("messages"), list) or not record["messages"]:
+        raise ValueError(f"{where}: a record must be a JSON object with a non-empty \"messages\" list.")
+    if "video" in record and record["video"] is not None and not isinstance(record["video"], str):
+        raise ValueError(f"{where}: \"video\" must be a path (a string).")
+
+
+def load_video_dataset(path: str) -> VideoQADataset:
+    """The records of a JSON / JSONL file (see `VideoQADataset`): lazy, nothing decoded until collated."""
+    return VideoQADataset(path)
 
 
 @dataclass
@@ -144,5 +197,5 @@ def trainable_parameters(model) -> dict[str, int]:
     return summary
 
 
-__all__ = ["load_video_dataset", "StormDataCollator", "apply_training_stage", "trainable_parameters", "STAGES",
+__all__ = ["load_video_dataset", "VideoQADataset", "StormDataCollator", "apply_training_stage", "trainable_parameters", "STAGES",
            "IGNORE_INDEX"]
