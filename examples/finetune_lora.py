@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor
+from storm_hf.tiny import word_tokenizer
 from storm_hf.train import train
 
 
@@ -46,18 +47,8 @@ def make_example_data(root: str, count: int = 8) -> str:
 
 def make_tiny_checkpoint(folder: str) -> str:
     """A random-weight tiny STORM with a word-level tokenizer (stands in for a real checkpoint)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "<|im_start|>", "<|im_end|>", "<video>", "<image>"]
-    words = "user assistant where does the square move moves left right ?".split()
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                        additional_special_tokens=specials[2:])
-    config = StormConfig.from_preset("tiny", video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
-                                     image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
-    config.text_config.vocab_size = len(tokenizer)
+    tokenizer = word_tokenizer("where does the square move moves left right ?".split())  # the tiny preset's ids
+    config = StormConfig.from_preset("tiny")
     torch.manual_seed(0)
     StormForConditionalGeneration(config).save_pretrained(folder)
     StormProcessor.from_config(config, tokenizer=tokenizer).save_pretrained(folder)

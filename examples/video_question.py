@@ -12,10 +12,8 @@ import tempfile
 import av
 import numpy as np
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
-
 from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor
+from storm_hf.tiny import word_tokenizer
 
 
 def write_clip(path, frames=48):
@@ -32,25 +30,14 @@ def write_clip(path, frames=48):
             container.mux(packet)
 
 
-def word_tokenizer():
-    specials = ["[PAD]", "[UNK]", "<|im_start|>", "<|im_end|>", "<video>", "<image>"]
-    words = "user assistant what happens in the video ? a square moves".split()
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                   additional_special_tokens=specials[2:])
-
-
 if len(sys.argv) > 1:
     video = sys.argv[1]
 else:
     video = f"{tempfile.mkdtemp()}/square.mp4"
     write_clip(video)
 
-tokenizer = word_tokenizer()
-config = StormConfig.from_preset("tiny", video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
-                                 image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
-config.text_config.vocab_size = len(tokenizer)
+tokenizer = word_tokenizer("what happens in the video ? a square moves".split())  # the tiny preset's ids
+config = StormConfig.from_preset("tiny")
 processor = StormProcessor.from_config(config, tokenizer=tokenizer)
 torch.manual_seed(0)
 model = StormForConditionalGeneration(config).eval()

@@ -55,3 +55,38 @@ def test_convert_keeps_encoder_and_llm(tmp_path):
     inputs = processor(text="<video> what happens ?", videos=[video], return_tensors="pt")
     with torch.no_grad():
         assert storm(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+def test_converted_model_stops_at_the_end_of_a_chat_turn(tmp_path):
+    import json
+
+    from storm_hf.convert_llava_onevision_to_storm import convert_llava_onevision_to_storm
+
+    tokenizer = tiny_tokenizer()
+    config = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=4),
+        text_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer)),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"))
+    LlavaOnevisionForConditionalGeneration(config).save_pretrained(tmp_path / "llava")
+    tokenizer.save_pretrained(tmp_path / "llava")
+    convert_llava_onevision_to_storm(tmp_path / "llava", tmp_path / "storm", image_size=32)
+    saved = json.loads((tmp_path / "storm" / "generation_config.json").read_text())
+    assert saved["eos_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert saved["pad_token_id"] == tokenizer.pad_token_id
+
+
+def test_converter_refuses_what_is_not_llava_onevision(tmp_path):
+    from storm_hf import StormConfig
+
+    StormForConditionalGeneration(StormConfig.from_preset("tiny")).save_pretrained(tmp_path / "storm")
+    (tmp_path / "empty").mkdir()
+    for source, reason in ((tmp_path / "storm", "model_type 'storm', expected 'llava_onevision'"),
+                           (tmp_path / "empty", "no readable config.json")):
+        result = subprocess.run([sys.executable, "-m", "storm_hf.convert_llava_onevision_to_storm", str(source),
+                                 str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and "not a LLaVA-OneVision checkpoint" in result.stderr and reason in result.stderr
+        assert "Traceback" not in result.stderr and "saved" not in result.stdout
+        assert not (tmp_path / "out").exists()

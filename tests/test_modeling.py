@@ -230,3 +230,31 @@ def test_beam_search_and_several_return_sequences_reuse_the_encoded_video():
                              num_return_sequences=3)
     assert sampled.shape == (3, ids.shape[1] + 4)
     assert torch.equal(sampled[:, : ids.shape[1]], ids.expand(3, -1))
+
+
+def test_generation_stops_at_the_end_of_a_chat_turn(tmp_path):
+    """The tiny preset and set_generation_tokens: EOS is <|im_end|>, saved with the model, and generate() stops."""
+    from storm_hf import StormForConditionalGeneration as Model
+    from storm_hf.tiny import word_tokenizer
+
+    tokenizer = word_tokenizer(["hello"])
+    model = tiny_model()
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert model.generation_config.eos_token_id == end and model.generation_config.pad_token_id == tokenizer.pad_token_id
+    model.save_pretrained(tmp_path / "m")
+    reloaded = Model.from_pretrained(tmp_path / "m").eval()
+    assert reloaded.generation_config.eos_token_id == end
+    head = torch.nn.Linear(model.config.text_config.hidden_size, model.config.text_config.vocab_size)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[end] = 1.0  # every next token is <|im_end|>
+        reloaded.lm_head = head
+        out = reloaded.generate(input_ids=torch.tensor([[2, 3, 4]]), max_new_tokens=8, do_sample=False)
+    assert out[0, 3:].tolist() == [end]  # stopped there, not after 8 tokens
+
+    other = word_tokenizer(["x"])
+    other.add_special_tokens({"eos_token": "[UNK]"})
+    model = tiny_model().set_generation_tokens(other)
+    assert model.generation_config.eos_token_id == [end, other.eos_token_id]
+    assert model.config.text_config.eos_token_id == [end, other.eos_token_id]

@@ -42,13 +42,13 @@ def test_expansion_matches_the_model_in_a_mixed_batch(clip, k, p, s):
 
 
 def test_from_config_sizes_frames_for_the_image_encoder():
-    config = StormConfig.from_preset("tiny", video_token_id=4, image_token_id=5)
+    config = StormConfig.from_preset("tiny")
     processor = StormProcessor.from_config(config, tokenizer=tiny_tokenizer())
     assert processor.video_processor.size == {"height": 32, "width": 32}
     with pytest.raises(ValueError, match="takes 32 x 32 frames"):
         StormProcessor.from_config(config, StormVideoProcessor(), tiny_tokenizer())
-    with pytest.raises(ValueError, match="maps <video> to id 4, but the model expects 511"):
-        StormProcessor.from_config(StormConfig.from_preset("tiny"), tokenizer=tiny_tokenizer())
+    with pytest.raises(ValueError, match="maps <video> to id 511, but the model expects 4"):
+        StormProcessor.from_config(StormConfig.from_preset("tiny", video_token_id=4), tokenizer=tiny_tokenizer())
 
 
 def test_placeholder_and_video_counts_must_agree(clip):

@@ -1,16 +1,9 @@
-"""A small word-level tokenizer built in code (no download) with STORM's special tokens."""
+"""A small word-level tokenizer built in code (no download) in the tiny layout (`storm_hf.tiny`)."""
 
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from storm_hf.tiny import word_tokenizer
 
-WORDS = "what happens in the video describe it a square moves left right up down answer is yes no".split()
-SPECIALS = ["[PAD]", "[UNK]", "<|im_start|>", "<|im_end|>", "<video>", "<image>"]
+WORDS = "what happens in the video describe it a square moves left right up down answer is yes no ? .".split()
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS + ["user", "assistant", "system", "?", "."])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                        additional_special_tokens=SPECIALS[2:])
-    return tokenizer
+def tiny_tokenizer():
+    return word_tokenizer(WORDS)

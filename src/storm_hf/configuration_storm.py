@@ -81,6 +81,11 @@ _QWEN2_7B = {
     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
     "rms_norm_eps": 1e-6,
     "tie_word_embeddings": False,
+    # Qwen2's tokenizer: <|endoftext|> 151643, <|im_end|> 151645 ends a chat turn (as in Qwen2-7B-Instruct's
+    # generation config), so generate() stops at the end of the answer.
+    "bos_token_id": 151643,
+    "eos_token_id": [151645, 151643],
+    "pad_token_id": 151643,
 }
 
 
@@ -255,8 +260,9 @@ class StormConfig(PreTrainedConfig):
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "StormConfig":
         """A named layout: ``"storm-7b"`` (the paper's: SigLIP-So400m/14 at 448 px + Qwen2-7B, k = 4) or
-        ``"tiny"`` (random-init test size: hidden 32, 2 layers, 32 px frames, 16 tokens per frame; runs in
-        milliseconds on a CPU). Keyword arguments override fields of the preset."""
+        ``"tiny"`` (random-init test size: hidden 32, 2 layers, 32 px frames, 16 tokens per frame, a 512-token
+        vocabulary in the layout of `storm_hf.tiny.word_tokenizer`, where `<|im_end|>` (509) ends generation).
+        Keyword arguments override fields of the preset."""
         if name == "storm-7b":
             return cls(**overrides)
         if name == "tiny":
@@ -281,6 +287,8 @@ class StormConfig(PreTrainedConfig):
                     "num_key_value_heads": 2,
                     "max_position_embeddings": 2048,
                     "tie_word_embeddings": False,
+                    "eos_token_id": 509,  # <|im_end|> in the tiny layout (storm_hf.tiny)
+                    "pad_token_id": 0,
                 },
                 "image_token_id": 510,
                 "video_token_id": 511,

@@ -38,9 +38,18 @@ def interpolate_position_embeddings(weight: torch.Tensor, new_grid: int) -> torc
 
 
 def convert_llava_onevision_to_storm(llava_name_or_path, output_dir=None, image_size: int = 448, **storm_options):
-    """Returns `(model, processor)`; saves both to `output_dir` when given."""
-    from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+    """Returns `(model, processor)`; saves both to `output_dir` when given. Anything that is not a
+    LLaVA-OneVision checkpoint (by its config's `model_type`) is refused with a ValueError before loading."""
+    from transformers import AutoConfig, AutoTokenizer, LlavaOnevisionForConditionalGeneration
 
+    try:
+        source_config = AutoConfig.from_pretrained(llava_name_or_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{llava_name_or_path}: not a LLaVA-OneVision checkpoint (no readable config.json: "
+                         f"{str(error).splitlines()[0]}).") from error
+    if source_config.model_type != "llava_onevision":
+        raise ValueError(f"{llava_name_or_path}: not a LLaVA-OneVision checkpoint (its config says model_type "
+                         f"{source_config.model_type!r}, expected 'llava_onevision'); nothing was converted.")
     llava = LlavaOnevisionForConditionalGeneration.from_pretrained(llava_name_or_path, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(llava_name_or_path)
     source = llava.config
@@ -68,6 +77,7 @@ def convert_llava_onevision_to_storm(llava_name_or_path, output_dir=None, image_
     model.lm_head.load_state_dict(llava.lm_head.state_dict())
     del llava
 
+    model.set_generation_tokens(tokenizer)  # answers end at <|im_end|>, as in the chat template
     video_processor = StormVideoProcessor(size={"height": image_size, "width": image_size})
     processor = StormProcessor.from_config(config, video_processor, tokenizer)
     if output_dir is not None:
@@ -84,9 +94,12 @@ def main():
     parser.add_argument("--temporal-pool-k", type=int, default=4)
     parser.add_argument("--temporal-num-layers", type=int, default=1)
     args = parser.parse_args()
-    convert_llava_onevision_to_storm(args.llava, args.output_dir, image_size=args.image_size,
-                                     temporal_pool_k=args.temporal_pool_k,
-                                     temporal_num_layers=args.temporal_num_layers)
+    try:
+        convert_llava_onevision_to_storm(args.llava, args.output_dir, image_size=args.image_size,
+                                         temporal_pool_k=args.temporal_pool_k,
+                                         temporal_num_layers=args.temporal_num_layers)
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
     print(f"saved STORM checkpoint and processor to {args.output_dir}")
 
 

@@ -784,7 +784,8 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         vision_config = getattr(vision_config, "vision_config", vision_config)  # dual encoders: the vision half
         text_config = AutoConfig.from_pretrained(text_model_name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
-        missing = [t for t in (video_token, image_token) if t not in tokenizer.get_vocab()]
+        # The placeholders, and the chat template's turn markers (Llama tokenizers lack Qwen2's), as single tokens.
+        missing = [t for t in (video_token, image_token, "<|im_start|>", "<|im_end|>") if t not in tokenizer.get_vocab()]
         if missing:
             tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
         storm_options.setdefault("tie_word_embeddings", bool(getattr(text_config, "tie_word_embeddings", False)))
@@ -807,6 +808,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         del language
         if len(tokenizer) > config.text_config.vocab_size:
             model.resize_token_embeddings(len(tokenizer))
+        model.set_generation_tokens(tokenizer)
         if dtype is not None:
             model = model.to(dtype)
         if not return_processor:
@@ -817,6 +819,28 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         processor = StormProcessor.from_config(config, video_processor, tokenizer, video_token=video_token,
                                                image_token=image_token)
         return model, processor
+
+    def set_generation_tokens(self, tokenizer, end_of_turn: str = "<|im_end|>") -> "StormForConditionalGeneration":
+        """Make `generate()` stop where the chat template ends an answer, and pad with the tokenizer's pad.
+
+        EOS becomes ``end_of_turn`` (what STORM's chat template closes every turn with) plus the tokenizer's own
+        EOS token when it differs; pad is the tokenizer's pad token (else its EOS). Both are written to the
+        generation config and to ``config.text_config``, so `save_pretrained` stores them and a model built
+        from the saved config gets the same. Returns the model."""
+        eos = []
+        for token_id in (tokenizer.convert_tokens_to_ids(end_of_turn) if end_of_turn in tokenizer.get_vocab() else None,
+                         tokenizer.eos_token_id):
+            if token_id is not None and token_id not in eos:
+                eos.append(int(token_id))
+        if not eos:
+            raise ValueError(f"set_generation_tokens: the tokenizer has neither {end_of_turn} nor an EOS token.")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[-1]
+        value = eos[0] if len(eos) == 1 else eos
+        self.generation_config.eos_token_id = value
+        self.generation_config.pad_token_id = int(pad)
+        self.config.text_config.eos_token_id = value
+        self.config.text_config.pad_token_id = int(pad)
+        return self
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

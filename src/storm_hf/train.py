@@ -167,8 +167,8 @@ def train(config: dict, callbacks=None):
             run.finished_before = True
             run.outputs = _outputs(args.output_dir, stage, merge)
             say(f"{args.output_dir} already holds a finished run at step {step} (max_steps {target}); nothing to "
-                f"do. Outputs: {_describe_outputs(run.outputs)}. To train again, use a new output_dir or "
-                "resume: false (which overwrites the final weights; checkpoints are kept).")
+                f"do. Outputs: {_describe_outputs(run.outputs)}. To train again, use a new output_dir (or resume: "
+                "false, which trains from the start and overwrites its checkpoints and final weights).")
             return run
         say(f"resuming from {resume} (step {step} of {target or '?'})")
         run.resumed_from = resume
