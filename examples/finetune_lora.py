@@ -3,7 +3,8 @@
     python examples/finetune_lora.py [--model CHECKPOINT] [--data data/train.jsonl --video-root data]
 
 Without arguments it builds a tiny random-weight STORM and a small dataset of generated clips (a square
-moving left or right) in the documented JSONL format under ./outputs/, so it runs offline in seconds.
+moving left or right) in the documented JSONL format under ./outputs/, so it runs offline in seconds. The
+job it runs is also written to outputs/job.yaml, for `storm-hf train outputs/job.yaml`.
 """
 
 import argparse
@@ -13,6 +14,7 @@ import os
 import av
 import numpy as np
 import torch
+import yaml
 
 from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor
 from storm_hf.tiny import word_tokenizer
@@ -65,7 +67,7 @@ args = parser.parse_args()
 
 model_path = args.model or make_tiny_checkpoint("outputs/storm-tiny-base")
 data = args.data or make_example_data("outputs/example-data")
-run = train({
+job = {
     "model": model_path,
     "train_file": data,
     "video_root": args.video_root or os.path.dirname(data),
@@ -76,7 +78,11 @@ run = train({
     "training": {"output_dir": args.output_dir, "max_steps": args.max_steps, "per_device_train_batch_size": 4,
                  "learning_rate": 5e-3, "logging_steps": 5, "save_steps": 10, "bf16": "auto",
                  "gradient_checkpointing": True},
-})
+}
+os.makedirs("outputs", exist_ok=True)
+with open("outputs/job.yaml", "w") as f:  # the same job as a file: `storm-hf train outputs/job.yaml`
+    yaml.safe_dump(job, f, sort_keys=False)
+run = train(job)
 if run.finished_before:
     print(f"nothing trained: {args.output_dir} already holds a finished run (delete it or pass --output-dir)")
 else:

@@ -9,32 +9,16 @@ model and tokenizer with `from_pretrained(...)`; the rest stays the same.
 import sys
 import tempfile
 
-import av
 import numpy as np
 import torch
+
 from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor
-from storm_hf.tiny import word_tokenizer
-
-
-def write_clip(path, frames=48):
-    """A square crossing a 64x64 frame, H.264."""
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        for t in range(frames):
-            image = np.zeros((64, 64, 3), np.uint8)
-            image[24:40, t : t + 16] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
+from storm_hf.tiny import word_tokenizer, write_clip
 
 if len(sys.argv) > 1:
     video = sys.argv[1]
 else:
-    video = f"{tempfile.mkdtemp()}/square.mp4"
-    write_clip(video)
+    video = write_clip(f"{tempfile.mkdtemp()}/square.mp4")
 
 tokenizer = word_tokenizer("what happens in the video ? a square moves".split())  # the tiny preset's ids
 config = StormConfig.from_preset("tiny")

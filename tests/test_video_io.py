@@ -139,3 +139,25 @@ def test_errors_do_not_leak_file_handles(tmp_path, videos):
                 read_frames(source, [0, 90])
         read_frames(videos["bframes"], [3, 50])
     assert open_files() == before
+
+
+def test_progress_bar_on_request_and_off_when_not_a_terminal(videos, monkeypatch, capsys):
+    import storm_hf.video_io as video_io
+
+    monkeypatch.setattr(video_io, "PROGRESS_DELAY", 0)  # show at once instead of after a second
+    read_frames(videos["bframes"], [5, 50, 90], progress=True)
+    assert "decoding bframes.mp4" in capsys.readouterr().err
+    read_frames(videos["bframes"], [5, 50, 90])  # progress=None: stderr is not a terminal under pytest
+    read_frames(videos["bframes"], [5, 50, 90], progress=False)
+    assert "decoding" not in capsys.readouterr().err
+    monkeypatch.setattr(video_io.sys.stderr, "isatty", lambda: True, raising=False)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # transformers' switch turns it off too
+    try:
+        read_frames(videos["bframes"], [5, 50, 90])
+        assert "decoding" not in capsys.readouterr().err
+    finally:
+        hf_logging.enable_progress_bar()
+    read_frames(videos["bframes"], [5, 50, 90])
+    assert "decoding bframes.mp4" in capsys.readouterr().err

@@ -110,6 +110,7 @@ class VideoIndex:
 
 
 NO_TIMESTAMP = np.iinfo(np.int64).min  # packet_dts where the container gives no decode timestamp
+PROGRESS_DELAY = 1.0  # seconds a decode runs before its progress bar shows
 # Frames larger than this (pixels) are refused: a corrupt header must not make us allocate gigabytes.
 MAX_FRAME_PIXELS = 1 << 27  # 134 M pixels, e.g. 16384 x 8192
 # Work bound of one read_frames call: packets decoded, as a multiple of the stream's packets (plus a constant).
@@ -572,7 +573,8 @@ def _progress_bar(progress, total, name):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"decoding {os.path.basename(name)}", unit="frame", delay=1.0, leave=False)
+    return tqdm(total=total, desc=f"decoding {os.path.basename(name)}", unit="frame", delay=PROGRESS_DELAY,
+                leave=False)
 
 
 def read_frames(source, indices, index: VideoIndex | None = None, progress: bool | None = None
