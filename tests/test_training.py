@@ -285,3 +285,14 @@ def test_lora_adapter_push_to_hub_uploads_adapter_and_trained_modules(tmp_path, 
     assert "adapter_model.safetensors" in uploaded["files"] and "adapter_config.json" in uploaded["files"]
     assert any("lora_A" in k for k in uploaded["keys"])
     assert any("temporal_encoder" in k for k in uploaded["keys"]) and any("projector" in k for k in uploaded["keys"])
+
+
+def test_missing_training_packages_are_named_with_the_fix(monkeypatch):
+    import importlib.util
+
+    from storm_hf import train as train_module
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(ImportError, match=r"storm-hf train needs peft.*pip install -e \."):
+        train_module.train({"training": {"output_dir": "unused"}})
