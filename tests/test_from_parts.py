@@ -61,7 +61,7 @@ def test_built_model_keeps_both_parts_and_runs(parts, vision, text):
     lm = (Qwen2ForCausalLM if text == "qwen2" else LlamaForCausalLM).from_pretrained(parts / text)
     old_vocab = lm.config.vocab_size
     embeddings = model.get_input_embeddings().weight
-    assert embeddings.shape[0] == len(processor.tokenizer) >= old_vocab + 2  # <video> and <image> added
+    assert embeddings.shape[0] == len(processor.tokenizer) >= old_vocab + 4  # <video>, <image>, chat markers added
     torch.testing.assert_close(embeddings[:old_vocab], lm.model.embed_tokens.weight)
     torch.testing.assert_close(model.model.language_model.layers[0].mlp.up_proj.weight, lm.model.layers[0].mlp.up_proj.weight)
     assert processor.tokenizer.convert_tokens_to_ids("<video>") == model.config.video_token_id >= old_vocab
@@ -84,3 +84,10 @@ def test_built_model_saves_and_reloads(parts, tmp_path):
     card = model.model_card("me/storm-small")
     assert str(parts / "siglip-vision") in card and str(parts / "qwen2") in card
     assert StormProcessor.from_pretrained(tmp_path).num_visual_tokens(8) == model.config.num_visual_tokens(8)
+    # The chat template's turn markers were added, and generation stops at the end of a turn.
+    tokenizer = processor.tokenizer
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.convert_tokens_to_ids("<|im_start|>") != tokenizer.unk_token_id and end != tokenizer.unk_token_id
+    expected = end if tokenizer.eos_token_id in (None, end) else [end, tokenizer.eos_token_id]
+    assert loaded.generation_config.eos_token_id == expected  # <|im_end|> first, then the tokenizer's own EOS
+    assert loaded.generation_config.pad_token_id == tokenizer.pad_token_id
