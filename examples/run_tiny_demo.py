@@ -45,18 +45,19 @@ def main():
     def run_stages():
         """One pass through the pipeline; returns (seconds per stage, features, reduced, output ids)."""
         seconds = {}
+        stages = model.model  # the model's own stages, as get_video_features chains them
         start = time.perf_counter()
-        patches = model.model.vision_tower(video).last_hidden_state  # (frames, patches, vision_dim)
+        patches = stages.select_patch_features(stages.run_vision_tower(video))  # (frames, patches, vision_dim)
         seconds["vision tower"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        tokens = model.model.projector(patches)  # (frames, tokens_per_frame, dim)
+        tokens = stages.projector(patches)  # (frames, tokens_per_frame, dim)
         seconds["projector"] = time.perf_counter() - start
 
         start = time.perf_counter()
         frames, per_frame, dim = tokens.shape
-        encoded = model.model.temporal_encoder(tokens.reshape(1, frames * per_frame, dim))  # (1, T*N, dim)
-        reduced = model.model.reduce_tokens(encoded.view(1, frames, per_frame, dim))  # (1, T', N', dim)
+        encoded = stages.encode_in_time([tokens])[0]  # (frames, tokens_per_frame, dim)
+        reduced = stages.reduce_tokens(encoded[None])  # (1, T', N', dim)
         seconds["temporal encoder + reduction"] = time.perf_counter() - start
 
         features = reduced.reshape(-1, dim)  # (visual tokens, dim): what the placeholders receive

@@ -32,11 +32,11 @@ video = torch.randn(args.frames, 3, 32, 32)  # (frames, 3, H, W), already normal
 
 def stream(tokens):
     """The whole video chunk by chunk; returns the outputs (1, frames * N, dim) and each chunk's seconds."""
-    state, outputs, seconds = encoder.init_state(batch_size=1), [], []
+    state, outputs, seconds = None, [], []  # no state: the stream starts with the first chunk
     for start in range(0, tokens.shape[0], args.chunk):
         chunk = tokens[start : start + args.chunk].reshape(1, -1, tokens.shape[-1])  # (1, chunk * N, dim)
         began = time.perf_counter()
-        out, state = encoder(chunk, state=state, return_state=True)
+        out, state = encoder.stream(chunk, state)
         seconds.append(time.perf_counter() - began)
         outputs.append(out)
     return torch.cat(outputs, dim=1), seconds

@@ -30,6 +30,7 @@ def test_folder_holds_safetensors_remote_code_and_auto_map(saved):
     folder, _ = saved
     files = set(os.listdir(folder))
     assert {"model.safetensors", "config.json", "configuration_storm.py", "modeling_storm.py", "selective_scan.py",
+            "checkpointing_storm.py",
             "processing_storm.py", "video_processing_storm.py", "video_io.py", "processor_config.json",
             "tokenizer.json", "chat_template.jinja"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)

@@ -109,8 +109,11 @@ class StormConfig(PreTrainedConfig):
             Placeholder token replaced by image features.
         video_token_id (`int`, defaults to 151647):
             Placeholder token replaced by video features.
-        vision_feature_layer (`int`, defaults to -1):
-            Hidden state of the image encoder to use (-1: the last layer). *ours*
+        vision_feature_layer (`int`, *optional*, defaults to `None`):
+            Which image-encoder features feed the projector. `None`: `last_hidden_state`, the output after the
+            encoder's final LayerNorm (as PaliGemma, whose SigLIP the paper uses, feeds its LLM). An int `i`:
+            `hidden_states[i]`, exactly as LLaVA / LLaVA-OneVision read it (so `-1` is the last layer *before*
+            SigLIP's post-LayerNorm, and a model converted from LLaVA-OneVision keeps its features). *ours*
         downsample_ratio (`int`, defaults to 2):
             Pixel-shuffle factor r: each r x r block of patch tokens is concatenated along channels before
             the Linear projector (1024 tokens x 1152 -> 256 x 4608 at the defaults). *paper*
@@ -134,8 +137,10 @@ class StormConfig(PreTrainedConfig):
             `False` gives the forward-only variant of the paper's Table 7, whose output at token t never
             depends on later tokens, which allows streaming a video chunk by chunk.
         temporal_direction_merge (`"add"`, `"mean"` or `"concat"`, defaults to `"add"`):
-            How the two directions are combined inside a layer: the sum of the forward and backward mixer
-            outputs (as Vision Mamba), their mean, or a Linear over their concatenation. *ours*
+            How the two directions are combined inside a layer. Each direction is its own full Mamba mixer
+            (separate input/output projections, convolution and SSM parameters; Vision Mamba instead shares
+            the projections between directions): the sum of the two mixers' outputs, their mean, or a Linear
+            over their concatenation. *ours*
         temporal_final_norm (`bool`, defaults to `True`):
             LayerNorm after the last layer, as in Mamba's `norm_f`. *ours*
         temporal_norm_eps (`float`, defaults to 1e-5):
@@ -179,7 +184,7 @@ class StormConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 151646
     video_token_id: int = 151647
-    vision_feature_layer: int = -1
+    vision_feature_layer: int | None = None
     downsample_ratio: int = 2
     projector_bias: bool = True
     temporal_num_layers: int = 1
@@ -235,13 +240,6 @@ class StormConfig(PreTrainedConfig):
     def tokens_per_frame(self) -> int:
         """Tokens per frame entering the temporal encoder (256 at the defaults)."""
         return self.grid_size**2
-
-    @property
-    def temporal_dt_rank_value(self) -> int:
-        """The resolved time-step rank (mamba_ssm's rule for "auto": ceil(d_model / 16))."""
-        if self.temporal_dt_rank == "auto":
-            return math.ceil(self.text_config.hidden_size / 16)
-        return int(self.temporal_dt_rank)
 
     def num_visual_tokens(self, num_frames: int = 1) -> int:
         """Placeholder tokens a video of ``num_frames`` frames becomes; an image is ``num_frames=1``.

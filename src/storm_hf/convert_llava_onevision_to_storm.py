@@ -1,7 +1,9 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
 """Convert a LLaVA-OneVision checkpoint (SigLIP + Qwen2) into a STORM checkpoint.
 
-Keeps the image encoder and the LLM (with its tokenizer and its `<image>` / `<video>` tokens); the
+Keeps the image encoder and the LLM (with its tokenizer and its `<image>` / `<video>` tokens), and the
+encoder layer LLaVA-OneVision reads (`vision_feature_layer`, e.g. -1: the last layer before SigLIP's
+post-LayerNorm), so the converted model sees the same vision features on the same frames; the
 projector is replaced by STORM's pixel shuffle + Linear and a temporal encoder is added, both freshly
 initialised (train them with the alignment stage). LLaVA-OneVision's SigLIP runs at 384 px, a 27 x 27
 patch grid that a 2x2 pixel shuffle cannot split; the encoder's position embeddings are therefore
@@ -55,7 +57,14 @@ def convert_llava_onevision_to_storm(llava_name_or_path, output_dir=None, image_
     source = llava.config
     vision_config = source.vision_config.to_dict()
     vision_config["image_size"] = image_size
-    layer = source.vision_feature_layer if isinstance(source.vision_feature_layer, int) else -1
+    layer = source.vision_feature_layer
+    if not isinstance(layer, int):
+        raise ValueError(f"{llava_name_or_path}: reads several encoder layers ({layer}); STORM's projector reads one, "
+                         "so this checkpoint cannot be converted.")
+    if getattr(source, "vision_feature_select_strategy", "full") != "full":
+        raise ValueError(f"{llava_name_or_path}: vision_feature_select_strategy "
+                         f"{source.vision_feature_select_strategy!r} drops the first patch token; STORM's pixel "
+                         "shuffle needs the full patch grid, so this checkpoint cannot be converted.")
     config = StormConfig(
         vision_config=vision_config, text_config=source.text_config.to_dict(), video_token_id=source.video_token_id,
         image_token_id=source.image_token_id, vision_feature_layer=layer,

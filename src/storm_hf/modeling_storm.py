@@ -18,10 +18,6 @@ they can be tested and benchmarked alone; the selective scan lives in `selective
 from __future__ import annotations
 
 import math
-import os
-import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -37,10 +33,13 @@ from transformers.modeling_outputs import (
     MultimodalCausalLMOutputWithPast,
 )
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils import torch_compilable_check
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
+from .checkpointing_storm import StormCheckpointMixin, StormFromPartsMixin
 from .configuration_storm import StormConfig
-from .selective_scan import causal_conv1d, selective_scan
+from .selective_scan import causal_conv1d, fused_mixer_available, mamba_inner, selective_scan
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -136,19 +135,70 @@ def reduce_visual_tokens(features: torch.Tensor, grid_size: int, k: int, p: int,
 class MambaMixerState:
     """State a forward-only mixer carries between calls. conv_state: (batch, d_inner, d_conv), the last
     d_conv inputs of the convolution; ssm_state: (batch, d_inner, d_state) fp32. Same layout as mamba_ssm's
-    inference cache."""
+    inference cache (`Mamba.allocate_inference_cache`)."""
 
     conv_state: torch.Tensor
     ssm_state: torch.Tensor
 
 
+def init_mamba_mixer(mixer: "StormMambaMixer", residual_scale: float = 1.0):
+    """mamba_ssm's initialisation of one mixer: `Mamba.__init__` (PyTorch's default Linear / Conv1d init
+    for the projections and the convolution, S4D-real A, D = 1, dt_proj as below) followed by what
+    `mixer_seq_simple._init_weights(rescale_prenorm_residual=True)` changes: Linear biases zeroed (except
+    dt_proj's), out_proj drawn again and divided by ``residual_scale`` (sqrt(residuals per layer * layers)).
+
+    * in_proj, x_proj: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5)); biases 0.
+    * conv1d: weight and bias U(-1/sqrt(d_conv), 1/sqrt(d_conv)) (depthwise: fan_in = d_conv).
+    * dt_proj.weight: U(-s, s) (or the constant s) with s = dt_rank**-0.5 * dt_scale; dt_proj.bias: the
+      inverse softplus of dt = exp(U(log dt_min, log dt_max)) clamped at dt_init_floor.
+    * A_log[d, n] = log(n + 1); D = 1 (both fp32).
+    * out_proj.weight: U(-b, b) with b = 1 / sqrt(d_inner) / residual_scale; bias 0.
+
+    Every draw goes through `transformers.initialization`, so parameters loaded from a checkpoint are never
+    overwritten, and a model built or loaded with missing weights gets the same distributions.
+    """
+    if mixer.A_log.is_meta:
+        return  # materialised later, when PreTrainedModel initialises the missing weights
+    for linear in (mixer.in_proj, mixer.x_proj):
+        bound = 1 / math.sqrt(linear.in_features)
+        init.uniform_(linear.weight, -bound, bound)
+        if linear.bias is not None:
+            init.zeros_(linear.bias)
+    conv_bound = 1 / math.sqrt(mixer.d_conv)  # fan_in of a depthwise kernel: 1 channel x d_conv taps
+    init.uniform_(mixer.conv1d.weight, -conv_bound, conv_bound)
+    if mixer.conv1d.bias is not None:
+        init.uniform_(mixer.conv1d.bias, -conv_bound, conv_bound)
+    dt_init_std = mixer.dt_rank**-0.5 * mixer.dt_scale
+    if mixer.dt_init == "constant":
+        init.constant_(mixer.dt_proj.weight, dt_init_std)
+    else:
+        init.uniform_(mixer.dt_proj.weight, -dt_init_std, dt_init_std)
+    with torch.no_grad():
+        dt = torch.exp(
+            torch.rand(mixer.d_inner, dtype=torch.float32, device=mixer.dt_proj.bias.device)
+            * (math.log(mixer.dt_max) - math.log(mixer.dt_min))
+            + math.log(mixer.dt_min)
+        ).clamp(min=mixer.dt_init_floor)
+        inverse_softplus_dt = dt + torch.log(-torch.expm1(-dt))
+        A = torch.arange(1, mixer.d_state + 1, dtype=torch.float32, device=mixer.A_log.device)
+    init.copy_(mixer.dt_proj.bias, inverse_softplus_dt)
+    init.copy_(mixer.A_log, torch.log(A).expand(mixer.d_inner, -1))
+    init.ones_(mixer.D)
+    out_bound = 1 / math.sqrt(mixer.out_proj.in_features) / residual_scale
+    init.uniform_(mixer.out_proj.weight, -out_bound, out_bound)
+    if mixer.out_proj.bias is not None:
+        init.zeros_(mixer.out_proj.bias)
+
+
 class StormMambaMixer(nn.Module):
     """A Mamba-1 mixer computing the same function as ``mamba_ssm.modules.mamba_simple.Mamba`` on
-    ``(batch, length, d_model)``, with its parameter names and shapes, so weights move both ways.
+    ``(batch, length, d_model)``, with its parameter names, shapes and initialisation, so weights move both
+    ways.
 
     Parameters: ``in_proj`` (2*d_inner, d_model), ``conv1d`` (d_inner, 1, d_conv) depthwise,
     ``x_proj`` (dt_rank + 2*d_state, d_inner), ``dt_proj`` (d_inner, dt_rank) + bias, ``A_log``
-    (d_inner, d_state), ``D`` (d_inner,), ``out_proj`` (d_model, d_inner).
+    (d_inner, d_state), ``D`` (d_inner,), ``out_proj`` (d_model, d_inner). `A_log` and `D` stay fp32
+    whatever the model's dtype (also through ``.to(dtype)``) and take no weight decay, as in mamba_ssm.
     """
 
     def __init__(
@@ -166,11 +216,12 @@ class StormMambaMixer(nn.Module):
         conv_bias: bool = True,
         bias: bool = False,
         use_kernels: bool = True,
-        layer_idx: int | None = None,
         device=None,
         dtype=None,
     ):
         super().__init__()
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"StormMambaMixer: dt_init must be 'random' or 'constant', got {dt_init!r}.")
         factory = {"device": device, "dtype": dtype}
         self.d_model = d_model
         self.d_state = d_state
@@ -182,7 +233,6 @@ class StormMambaMixer(nn.Module):
             dt_min, dt_max, dt_init, dt_scale, dt_init_floor
         )
         self.use_kernels = use_kernels
-        self.layer_idx = layer_idx
 
         self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory)
         self.conv1d = nn.Conv1d(
@@ -191,39 +241,22 @@ class StormMambaMixer(nn.Module):
         )
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
-        # A_log and D stay fp32 (as in mamba_ssm) and take no weight decay.
         self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state, device=device, dtype=torch.float32))
         self.D = nn.Parameter(torch.empty(self.d_inner, device=device, dtype=torch.float32))
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
-        self.init_mamba_weights()
+        for part in (self.in_proj, self.conv1d, self.x_proj, self.dt_proj, self.out_proj):
+            part._storm_mamba_part = True  # initialised with the mixer (init_mamba_mixer), not on its own
+        init_mamba_mixer(self)
 
-    @torch.no_grad()
-    def init_mamba_weights(self):
-        """mamba_ssm's initialisation: S4D-real A (A_log = log 1..N), D = 1, dt_proj weight uniform in
-        +-dt_rank^-0.5 * dt_scale (or constant), dt_proj bias = inverse softplus of a log-uniform dt in
-        [dt_min, dt_max] clamped at dt_init_floor. Goes through transformers.initialization so weights
-        loaded from a checkpoint are never overwritten."""
-        if self.A_log.is_meta:
-            return  # materialised later by PreTrainedModel._init_weights
-        A = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
-        init.copy_(self.A_log, torch.log(A).expand(self.d_inner, -1))
-        init.ones_(self.D)
-        dt_init_std = self.dt_rank**-0.5 * self.dt_scale
-        if self.dt_init == "constant":
-            init.constant_(self.dt_proj.weight, dt_init_std)
-        elif self.dt_init == "random":
-            init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
-        else:
-            raise ValueError(f"StormMambaMixer: dt_init must be 'random' or 'constant', got {self.dt_init!r}.")
-        dt = torch.exp(
-            torch.rand(self.d_inner, dtype=torch.float32, device=self.dt_proj.bias.device)
-            * (math.log(self.dt_max) - math.log(self.dt_min))
-            + math.log(self.dt_min)
-        ).clamp(min=self.dt_init_floor)
-        inv_dt = dt + torch.log(-torch.expm1(-dt))  # inverse of softplus
-        init.copy_(self.dt_proj.bias, inv_dt)
+    def _apply(self, fn, recurse=True):
+        # A_log and D stay fp32 through .to(dtype) / .half() / .bfloat16(): exp(A) and the D skip need it.
+        super()._apply(fn, recurse)
+        for parameter in (self.A_log, self.D):
+            if parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
+        return self
 
     def init_state(self, batch_size: int, device=None) -> MambaMixerState:
         """An all-zero state: the state before the first token of a stream."""
@@ -233,18 +266,20 @@ class StormMambaMixer(nn.Module):
             ssm_state=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32),
         )
 
-    def forward(
-        self, hidden_states: torch.Tensor, state: MambaMixerState | None = None, return_state: bool = False
-    ):
-        """
-        Args:
-            hidden_states: (batch, length, d_model).
-            state: the `MambaMixerState` left by the previous chunk of the same stream, or None for a
-                sequence that starts here.
-            return_state: also return the state after the last token (to continue the stream).
-        Returns:
-            (batch, length, d_model), and with ``return_state`` the new `MambaMixerState`.
-        """
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(batch, length, d_model) -> (batch, length, d_model): a sequence that starts and ends here."""
+        if self.use_kernels and fused_mixer_available(hidden_states):
+            return mamba_inner(hidden_states, self)  # mamba_ssm's fused path, on CUDA only
+        return self._mix(hidden_states, None)[0]
+
+    def stream(self, hidden_states: torch.Tensor, state: MambaMixerState | None) -> tuple[torch.Tensor, MambaMixerState]:
+        """One chunk of a stream: (batch, length, d_model) and the state the previous chunk left (None: the
+        stream starts here) -> the chunk's output and the state after its last token. Chunk by chunk, the
+        outputs equal one `forward` over the whole stream (and `Mamba.step` token by token)."""
+        return self._mix(hidden_states, state if state is not None else self.init_state(hidden_states.shape[0],
+                                                                                      hidden_states.device))
+
+    def _mix(self, hidden_states, state):
         xz = self.in_proj(hidden_states)  # (batch, length, 2 * d_inner)
         x, z = xz.chunk(2, dim=-1)  # (batch, length, d_inner) each
 
@@ -262,24 +297,32 @@ class StormMambaMixer(nn.Module):
         scan = selective_scan(
             x_conv, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True, initial_state=None if state is None else state.ssm_state,
-            return_last_state=return_state, use_kernel=self.use_kernels,
+            return_last_state=state is not None, use_kernel=self.use_kernels,
         )
-        if not return_state:
-            return self.out_proj(scan)
+        if state is None:
+            return self.out_proj(scan), None
         y, ssm_state = scan
-        history = x_t if state is None else torch.cat([state.conv_state.to(x_t.dtype), x_t], dim=-1)
-        conv_state = F.pad(history, (max(0, self.d_conv - history.shape[-1]), 0))[:, :, -self.d_conv:]
-        return self.out_proj(y), MambaMixerState(conv_state=conv_state, ssm_state=ssm_state)
+        history = torch.cat([state.conv_state.to(x_t.dtype), x_t], dim=-1)  # (batch, d_inner, d_conv + length)
+        new_state = MambaMixerState(conv_state=history[:, :, -self.d_conv:], ssm_state=ssm_state)
+        return self.out_proj(y), new_state
 
 
 class StormTemporalBlock(GradientCheckpointingLayer):
-    """One pre-norm residual layer: ``x + merge(mixer_fwd(norm(x)), flip(mixer_bwd(flip(norm(x)))))``.
+    """One pre-norm residual layer over the flattened (frame, row, column) sequence.
 
-    The two directions have their own mixers (each a full mamba_ssm-compatible Mamba). Forward-only
-    layers have ``backward_mixer = None``.
+    Bidirectional (the paper's main design): two independent mixers, each a full mamba_ssm `Mamba` with
+    its own projections, convolution and SSM parameters; one reads the sequence forward, the other reads
+    it reversed, and their outputs are merged (`temporal_direction_merge`: add, mean, or a Linear over the
+    concatenation) before the residual::
+
+        x + merge(forward_mixer(norm(x)), flip(backward_mixer(flip(norm(x)))))
+
+    (Vision Mamba's bidirectional block differs: it shares the input and output projections between the
+    directions.) Forward-only layers (`temporal_bidirectional=False`) are ``x + forward_mixer(norm(x))``,
+    have ``backward_mixer = None`` and can `stream`.
     """
 
-    def __init__(self, config: StormConfig, layer_idx: int):
+    def __init__(self, config: StormConfig):
         super().__init__()
         d_model = config.text_config.hidden_size
         self.bidirectional = config.temporal_bidirectional
@@ -291,7 +334,7 @@ class StormTemporalBlock(GradientCheckpointingLayer):
                 d_model, d_state=config.temporal_d_state, d_conv=config.temporal_d_conv,
                 expand=config.temporal_expand, dt_rank=config.temporal_dt_rank,
                 conv_bias=config.temporal_conv_bias, bias=config.temporal_bias,
-                use_kernels=config.use_mamba_kernels, layer_idx=layer_idx,
+                use_kernels=config.use_mamba_kernels,
             )
 
         self.forward_mixer = make_mixer()
@@ -300,14 +343,11 @@ class StormTemporalBlock(GradientCheckpointingLayer):
             nn.Linear(2 * d_model, d_model, bias=False) if self.bidirectional and self.merge == "concat" else None
         )
 
-    def forward(self, hidden_states: torch.Tensor, state: MambaMixerState | None = None, return_state: bool = False):
-        """hidden_states: (batch, length, dim) -> (batch, length, dim) [, new state (forward-only)]."""
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(batch, length, dim) -> (batch, length, dim)."""
         normed = self.norm(hidden_states)
         if not self.bidirectional:
-            out = self.forward_mixer(normed, state=state, return_state=return_state)
-            if return_state:
-                return hidden_states + out[0], out[1]
-            return hidden_states + out
+            return hidden_states + self.forward_mixer(normed)
         forward_out = self.forward_mixer(normed)
         backward_out = self.backward_mixer(normed.flip(1)).flip(1)
         if self.merge == "add":
@@ -318,21 +358,27 @@ class StormTemporalBlock(GradientCheckpointingLayer):
             mixed = self.merge_proj(torch.cat([forward_out, backward_out], dim=-1))
         return hidden_states + mixed
 
+    def stream(self, hidden_states: torch.Tensor, state: MambaMixerState | None) -> tuple[torch.Tensor, MambaMixerState]:
+        """One chunk of a stream (forward-only layers): (output, state after the chunk)."""
+        if self.bidirectional:
+            raise ValueError("StormTemporalBlock: a bidirectional layer needs the whole sequence; it cannot stream.")
+        out, state = self.forward_mixer.stream(self.norm(hidden_states), state)
+        return hidden_states + out, state
+
 
 class StormTemporalEncoder(nn.Module):
     """L `StormTemporalBlock`s and a final LayerNorm over the flattened (frame, row, column) sequence.
 
-    Forward-only encoders can stream: pass the ``state`` returned by the previous call (one
-    `MambaMixerState` per layer) and the frames of the next chunk; the outputs equal one call over all
-    frames, and each new frame costs the same work however long the stream already is.
+    Forward-only encoders can `stream`: give each chunk of frames with the states the previous chunk left
+    (one `MambaMixerState` per layer); the outputs equal one call over all frames, and each new frame costs
+    the same work however long the stream already is.
     """
 
     def __init__(self, config: StormConfig):
         super().__init__()
         self.bidirectional = config.temporal_bidirectional
-        self.layers = nn.ModuleList(StormTemporalBlock(config, i) for i in range(config.temporal_num_layers))
+        self.layers = nn.ModuleList(StormTemporalBlock(config) for _ in range(config.temporal_num_layers))
         self.norm = nn.LayerNorm(config.text_config.hidden_size, eps=config.temporal_norm_eps) if config.temporal_final_norm else None
-        self.gradient_checkpointing = False
 
     def init_state(self, batch_size: int, device=None) -> list[MambaMixerState]:
         """The state before the first frame of a stream (forward-only encoders)."""
@@ -340,18 +386,19 @@ class StormTemporalEncoder(nn.Module):
             raise ValueError("StormTemporalEncoder: streaming needs temporal_bidirectional=False.")
         return [layer.forward_mixer.init_state(batch_size, device) for layer in self.layers]
 
-    def forward(
-        self, hidden_states: torch.Tensor, state: list[MambaMixerState] | None = None, return_state: bool = False
-    ):
-        """
-        Args:
-            hidden_states: (batch, frames * tokens, dim), frames in time order, tokens in raster order.
-            state: per-layer states from the previous chunk (forward-only encoders only).
-            return_state: return the per-layer states after this chunk too.
-        Returns:
-            (batch, frames * tokens, dim) [, list of `MambaMixerState`].
-        """
-        if (state is not None or return_state) and self.bidirectional:
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(batch, frames * tokens, dim) -> (batch, frames * tokens, dim); frames in time order, tokens in
+        raster order inside a frame."""
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+        return hidden_states if self.norm is None else self.norm(hidden_states)
+
+    def stream(
+        self, hidden_states: torch.Tensor, state: list[MambaMixerState] | None = None
+    ) -> tuple[torch.Tensor, list[MambaMixerState]]:
+        """One chunk (batch, chunk frames * tokens, dim) of a stream and the per-layer states the previous chunk
+        left (None: the stream starts here) -> (the chunk's output, the per-layer states after it)."""
+        if self.bidirectional:
             raise ValueError(
                 "StormTemporalEncoder: a carried state only exists for the forward-only encoder "
                 "(temporal_bidirectional=False); a bidirectional scan needs the whole video at once."
@@ -360,14 +407,9 @@ class StormTemporalEncoder(nn.Module):
             raise ValueError(f"StormTemporalEncoder: got states for {len(state)} layers, the encoder has {len(self.layers)}.")
         new_state = []
         for i, layer in enumerate(self.layers):
-            if return_state:
-                hidden_states, layer_state = layer(hidden_states, None if state is None else state[i], True)
-                new_state.append(layer_state)
-            else:
-                hidden_states = layer(hidden_states, None if state is None else state[i])
-        if self.norm is not None:
-            hidden_states = self.norm(hidden_states)
-        return (hidden_states, new_state) if return_state else hidden_states
+            hidden_states, layer_state = layer.stream(hidden_states, None if state is None else state[i])
+            new_state.append(layer_state)
+        return (hidden_states if self.norm is None else self.norm(hidden_states)), new_state
 
 
 class StormProjector(nn.Module):
@@ -391,12 +433,7 @@ class StormProjector(nn.Module):
 # Models
 # ----------------------------------------------------------------------------------------------------
 
-# Files a save of the model replaces in a folder it saves over: the weights (single or sharded, safetensors
-# or old pickles) and their index. Anything else there is kept.
-_REPLACED_WEIGHTS = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
-
-
-class StormPreTrainedModel(PreTrainedModel):
+class StormPreTrainedModel(StormCheckpointMixin, PreTrainedModel):
     config_class = StormConfig
     config: StormConfig
     base_model_prefix = "model"
@@ -410,147 +447,44 @@ class StormPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _keep_in_fp32_modules_strict = ["A_log", "D"]
 
-    # What `save_pretrained` writes into config.json so that the Auto classes find the flat remote code.
-    _remote_auto_map = {
-        "AutoConfig": "configuration_storm.StormConfig",
-        "AutoModel": "modeling_storm.StormModel",
-        "AutoModelForImageTextToText": "modeling_storm.StormForConditionalGeneration",
-    }
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """As transformers' (safetensors, sharded above `max_shard_size`), plus the remote-code files
-        (configuration_storm.py, modeling_storm.py, selective_scan.py) and an `auto_map` for AutoConfig,
-        AutoModel and AutoModelForImageTextToText, so `trust_remote_code=True` loads it without storm_hf.
-
-        Over an existing folder the save is all-or-nothing and keeps everything it does not replace:
-        the new files are written to a fresh sibling folder, every other entry of the folder (processor and
-        tokenizer files, a README, `checkpoint-N` folders, an `adapter_model.safetensors`, ...) is moved
-        into it by rename, and the folders are then swapped by rename. Only the files the save rewrites and
-        the model weights it replaces (`model*.safetensors`, `pytorch_model*.bin` and their index) go. An
-        interrupted save puts everything back and leaves the old checkpoint whole.
-        """
-        if kwargs.get("safe_serialization") is False:
-            raise ValueError("StormPreTrainedModel.save_pretrained writes safetensors only (no pickle files).")
-        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
-        target = os.path.abspath(save_directory)
-        if kwargs.get("push_to_hub") or not os.path.isdir(target) or not os.listdir(target):
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        parent = os.path.dirname(target)
-        staging = tempfile.mkdtemp(prefix=os.path.basename(target) + ".saving-", dir=parent)
-        previous = os.path.join(parent, os.path.basename(staging).replace(".saving-", ".previous-"))
-        carried = []  # entries moved from the folder into the staging folder
-        try:
-            result = super().save_pretrained(staging, *args, **kwargs)
-            written = set(os.listdir(staging))
-            for name in sorted(os.listdir(target)):
-                if name not in written and not _REPLACED_WEIGHTS.match(name):
-                    os.rename(os.path.join(target, name), os.path.join(staging, name))
-                    carried.append(name)
-            os.rename(target, previous)
-            os.rename(staging, target)
-        except BaseException:
-            if not os.path.isdir(target) and os.path.isdir(previous):
-                os.rename(previous, target)
-            for name in carried:
-                if os.path.lexists(os.path.join(staging, name)):
-                    os.rename(os.path.join(staging, name), os.path.join(target, name))
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        shutil.rmtree(previous, ignore_errors=True)  # only what the new save replaced
-        return result
-
-    def model_card(self, repo_id: str, base_models: list[str] | None = None) -> str:
-        """The README.md `push_to_hub` uploads: Hub metadata (library, pipeline tag, base models, tags), the
-        token-reduction settings and how to load the model."""
-        c = self.config
-        bases = base_models or [n for n in (c.vision_config._name_or_path, c.text_config._name_or_path) if n]
-        lines = ["---", "library_name: transformers", "pipeline_tag: image-text-to-text", "tags:", "- storm",
-                 "- video", "- mamba", "- video-llm"]
-        if bases:
-            lines += ["base_model:"] + [f"- {name}" for name in bases]
-        lines += ["---", "", f"# {repo_id.split('/')[-1]}", "",
-                  "A STORM video LLM (image encoder -> 2x2 pixel shuffle + Linear -> bidirectional Mamba temporal "
-                  "encoder -> token reduction -> LLM), saved with storm_hf.", "",
-                  "| setting | value |", "|---|---|",
-                  f"| image encoder | {c.vision_config.model_type}, {c.vision_config.image_size} px |",
-                  f"| LLM | {c.text_config.model_type}, hidden {c.text_config.hidden_size} |",
-                  f"| temporal encoder | {c.temporal_num_layers} layer(s), "
-                  f"{'bidirectional' if c.temporal_bidirectional else 'forward-only'}, d_state {c.temporal_d_state} |",
-                  f"| temporal pooling k | {c.temporal_pool_k} |", f"| spatial pooling p | {c.spatial_pool_p} |",
-                  f"| test-time sampling s | {c.temporal_sample_s} |",
-                  f"| visual tokens for 32 frames | {c.num_visual_tokens(32)} (256 per frame before reduction at "
-                  "448 px) |", "", "## Load", "", "```python",
-                  "from transformers import AutoModelForImageTextToText, AutoProcessor",
-                  f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}", trust_remote_code=True)',
-                  f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)',
-                  "```", "", "With `pip install storm_hf` and `import storm_hf`, `trust_remote_code` is not needed.", ""]
-        return "\n".join(lines)
-
-    def push_to_hub(self, repo_id: str, *, commit_message=None, commit_description=None, private=None, token=None,
-                    revision=None, create_pr=False, max_shard_size="50GB", tags=None, base_models=None) -> str:
-        """Upload what `save_pretrained` writes (safetensors, config, remote code) plus a model card
-        (`model_card`). Save the processor to the same repo with `processor.push_to_hub(repo_id)`."""
-        from transformers.utils import hub
-
-        repo_id = hub.hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, max_shard_size=max_shard_size)
-            card = self.model_card(repo_id, base_models)
-            if tags:
-                card = card.replace("- video-llm", "- video-llm\n" + "\n".join(f"- {t}" for t in tags), 1)
-            with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
-                f.write(card)
-            return self._upload_modified_files(
-                folder, repo_id, files_timestamps={}, commit_message=commit_message or "Upload STORM model",
-                token=token, create_pr=create_pr, revision=revision, commit_description=commit_description,
-            )
+    _can_compile_fullgraph = True
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """As transformers', but weights are read from safetensors only: loading never unpickles. A local
-        folder holding only pickle weights (pytorch_model.bin, .pt, .pth, .ckpt) is refused by name, and
-        unreadable or mismatched weights raise a ValueError naming the checkpoint."""
-        path = str(pretrained_model_name_or_path)
-        if os.path.isdir(path):
-            files = os.listdir(os.path.join(path, kwargs.get("subfolder", "") or ""))
-            pickles = sorted(f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")))
-            if pickles and not any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files):
-                raise ValueError(
-                    f"{path}: only pickle weight files ({', '.join(pickles)}); storm_hf loads safetensors only, "
-                    "because unpickling can run arbitrary code. Convert them with a trusted loader and "
-                    "save_pretrained (which writes safetensors)."
-                )
-        kwargs["use_safetensors"] = True
-        try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        except RuntimeError as error:
-            if "ignore_mismatched_sizes" in str(error):
-                raise ValueError(
-                    f"{path}: the weights do not have the shapes its config.json describes (see the load report "
-                    "above for the tensors); the checkpoint or its config is corrupt or from another model."
-                ) from error
-            raise
-        except Exception as error:
-            if type(error).__name__ == "SafetensorError":
-                raise ValueError(f"{path}: a safetensors weight file is unreadable or truncated ({error}).") from error
-            raise
+    def is_custom_code(cls) -> bool:
+        # transformers protects custom code whose `_init_weights` writes parameters in place by skipping, on
+        # load, every module without parameters of its own; SigLIP initialises its attention and MLP Linears
+        # from those parent modules, so missing weights would get another init than at construction. Our
+        # `_init_weights` goes through `transformers.initialization` (which never overwrites loaded weights),
+        # so STORM is initialised like an in-library model on both paths.
+        return False
 
     def _init_weights(self, module):
-        super()._init_weights(module)
         if isinstance(module, StormMambaMixer):
-            module.init_mamba_weights()
-            init.kaiming_uniform_(module.conv1d.weight, a=math.sqrt(5))
-            if module.conv1d.bias is not None:
-                init.zeros_(module.conv1d.bias)
-            # mamba_ssm's rescale_prenorm_residual: out_proj scaled by 1/sqrt(layers) on the residual path.
-            init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
-            with torch.no_grad():
-                if not getattr(module.out_proj.weight, "_is_hf_initialized", False):
-                    module.out_proj.weight /= math.sqrt(self.config.temporal_num_layers)
+            init_mamba_mixer(module, residual_scale=self._mixer_residual_scale())
+        elif getattr(module, "_storm_mamba_part", False):
+            return  # a mixer's projection or convolution: initialised with its mixer, mamba_ssm's way
+        else:
+            super()._init_weights(module)
+
+    def _mixer_residual_scale(self) -> float:
+        """mamba_ssm's `rescale_prenorm_residual`: out_proj divided by sqrt(residual writes per layer * layers).
+        Both directions of a bidirectional layer write into its residual, so they count as two."""
+        writes = 2 if self.config.temporal_bidirectional else 1
+        return math.sqrt(writes * self.config.temporal_num_layers)
 
 
 class StormModel(StormPreTrainedModel):
-    """Image encoder, projector, temporal encoder and the LLM backbone (no LM head)."""
+    """Image encoder, projector, temporal encoder and the LLM backbone (no LM head).
+
+    The visual path, one method per stage (`get_video_features` chains them; the demo and the benchmarks
+    time them one by one)::
+
+        run_vision_tower      (frames, 3, H, W)        -> encoder outputs, (frames, patches, vision_dim)
+        select_patch_features encoder outputs          -> (frames, patches, vision_dim)
+        projector             pixel shuffle + Linear   -> (frames, N, dim)
+        encode_in_time        per clip (T_i, N, dim)   -> per clip (T_i, N, dim)    the temporal encoder
+        reduce_tokens         (clips, T, N, dim)       -> (clips, T', N', dim)      pooling k, p, sampling s
+    """
 
     def __init__(self, config: StormConfig):
         super().__init__(config)
@@ -566,53 +500,67 @@ class StormModel(StormPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
-    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Image encoder + projector on a flat batch of frames.
+    # -- the visual path, stage by stage --------------------------------------------------------------
 
-        frames: (num_frames, 3, H, W) -> (num_frames, tokens_per_frame, text_dim).
-        """
+    def run_vision_tower(self, frames: torch.Tensor, **kwargs):
+        """The image encoder on a flat batch of frames (num_frames, 3, H, W); returns its outputs (with
+        ``hidden_states`` when `vision_feature_layer` picks one, or when asked by ``output_hidden_states``)."""
         vision = self.config.vision_config
         expected = (vision.num_channels, vision.image_size, vision.image_size)
-        if tuple(frames.shape[1:]) != expected:
+        if frames.dim() != 4 or tuple(frames.shape[1:]) != expected:
             raise ValueError(
                 f"Frames must be {expected[0]} x {expected[1]} x {expected[2]} (channels, height, width) for this "
                 f"model's image encoder, got {tuple(frames.shape[1:])}. Resize with the processor first."
             )
-        outputs = self.vision_tower(frames, output_hidden_states=self.config.vision_feature_layer != -1)
-        if self.config.vision_feature_layer == -1:
-            patch_features = outputs.last_hidden_state  # (num_frames, patches, vision_dim)
-        else:
-            patch_features = outputs.hidden_states[self.config.vision_feature_layer]
-        if patch_features.shape[1] == self.projector.patch_grid**2 + 1:
-            patch_features = patch_features[:, 1:]  # CLIP-style encoders prepend a class token: drop it
-        return self.projector(patch_features)
+        if self.config.vision_feature_layer is not None:
+            kwargs["output_hidden_states"] = True
+        kwargs = {key: value for key, value in kwargs.items() if value is not None}
+        return self.vision_tower(frames.to(self.vision_tower.dtype), return_dict=True, **kwargs)
+
+    def select_patch_features(self, vision_outputs) -> torch.Tensor:
+        """(num_frames, patches, vision_dim): the encoder's output after its final norm (`last_hidden_state`)
+        when `vision_feature_layer` is None, else ``hidden_states[vision_feature_layer]`` (as LLaVA models read
+        it). A class token (CLIP) is dropped: the pixel shuffle needs the patch grid only."""
+        layer = self.config.vision_feature_layer
+        features = vision_outputs.last_hidden_state if layer is None else vision_outputs.hidden_states[layer]
+        if features.shape[1] == self.projector.patch_grid**2 + 1:
+            features = features[:, 1:]  # (num_frames, patch_grid**2, vision_dim)
+        return features
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Image encoder + projector on a flat batch of frames: (num_frames, 3, H, W) -> (num_frames, N, dim)."""
+        return self.projector(self.select_patch_features(self.run_vision_tower(frames)))
+
+    def encode_in_time(self, clips: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The temporal encoder on each clip's tokens: a list of (T_i, N, dim) -> a list of (T_i, N, dim).
+
+        Clips of equal length share one call; a bidirectional scan must see exactly one clip's frames, so
+        clips are never padded to a common length."""
+        encoded: list[torch.Tensor | None] = [None] * len(clips)
+        for length in sorted({clip.shape[0] for clip in clips}):
+            members = [i for i, clip in enumerate(clips) if clip.shape[0] == length]
+            group = torch.stack([clips[i] for i in members])  # (clips, T, N, dim)
+            n, frames, tokens, dim = group.shape
+            out = self.temporal_encoder(group.reshape(n, frames * tokens, dim)).view(n, frames, tokens, dim)
+            for j, i in enumerate(members):
+                encoded[i] = out[j]
+        return encoded
 
     def reduce_tokens(self, encoded: torch.Tensor) -> torch.Tensor:
         """Token reduction after the temporal encoder: (batch, frames, tokens, dim) -> (batch, frames', tokens', dim)."""
         c = self.config
         return reduce_visual_tokens(encoded, c.grid_size, c.temporal_pool_k, c.spatial_pool_p, c.temporal_sample_s)
 
-    def _clips_to_features(self, clips: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Frames of each clip through the whole visual path.
+    def _visual_features(self, clips_frames: torch.Tensor, counts: list[int], **kwargs) -> BaseModelOutputWithPooling:
+        """The whole visual path for frames of several clips laid end to end, (sum T_i, 3, H, W)."""
+        vision = self.run_vision_tower(clips_frames, **kwargs)  # (sum T_i, patches, vision_dim)
+        tokens = self.projector(self.select_patch_features(vision))  # (sum T_i, N, dim)
+        encoded = self.encode_in_time(list(tokens.split(counts)))  # per clip (T_i, N, dim)
+        # per clip (T'_i * N', dim): what that clip's placeholders receive
+        vision.pooler_output = [self.reduce_tokens(clip[None])[0].flatten(0, 1) for clip in encoded]
+        return vision
 
-        clips: list of (frames_i, 3, H, W). Returns a list of (visual_tokens_i, dim), one per clip.
-        All frames go through the image encoder as one batch; clips of equal length share a temporal
-        encoder call (the bidirectional scan must see exactly one clip's frames, so no padding is used).
-        """
-        frame_counts = [clip.shape[0] for clip in clips]
-        tokens = self.encode_frames(torch.cat(clips, dim=0))  # (sum frames, N, dim)
-        per_clip = tokens.split(frame_counts, dim=0)
-        features: list[torch.Tensor | None] = [None] * len(clips)
-        for count in sorted(set(frame_counts)):
-            members = [i for i, n in enumerate(frame_counts) if n == count]
-            group = torch.stack([per_clip[i] for i in members])  # (clips, frames, N, dim)
-            clips_n, frames, num_tokens, dim = group.shape
-            encoded = self.temporal_encoder(group.reshape(clips_n, frames * num_tokens, dim))  # (clips, T*N, dim)
-            reduced = self.reduce_tokens(encoded.view(clips_n, frames, num_tokens, dim))  # (clips, T', N', dim)
-            for j, i in enumerate(members):
-                features[i] = reduced[j].reshape(-1, dim)  # (T' * N', dim)
-        return features
-
+    @can_return_tuple
     def get_video_features(
         self,
         pixel_values_videos: torch.Tensor,
@@ -624,8 +572,11 @@ class StormModel(StormPreTrainedModel):
             pixel_values_videos: (num_videos, max_frames, 3, H, W); videos shorter than ``max_frames``
                 are padded at the end.
             video_num_frames: (num_videos,) real frame count of each video; None means all ``max_frames``.
+            **kwargs: ``output_hidden_states``, ``output_attentions`` (passed to the image encoder) and
+                ``return_dict`` (False: a tuple).
         Returns:
-            `BaseModelOutputWithPooling` whose ``pooler_output`` is a list with one
+            The image encoder's `BaseModelOutputWithPooling` over all real frames (``last_hidden_state``,
+            and ``hidden_states`` / ``attentions`` when asked), whose ``pooler_output`` is a list with one
             (``config.num_visual_tokens(frames_i)``, dim) tensor per video, ready to scatter.
         """
         if pixel_values_videos.dim() != 5:
@@ -635,40 +586,48 @@ class StormModel(StormPreTrainedModel):
             )
         num_videos, max_frames = pixel_values_videos.shape[:2]
         counts = _frame_counts(video_num_frames, num_videos, max_frames)
-        clips = [pixel_values_videos[i, :n] for i, n in enumerate(counts)]
-        return BaseModelOutputWithPooling(pooler_output=self._clips_to_features(clips))
+        if video_num_frames is None:
+            frames = pixel_values_videos.flatten(0, 1)  # (num_videos * max_frames, 3, H, W)
+        else:
+            frames = torch.cat([pixel_values_videos[i, :n] for i, n in enumerate(counts)])  # (sum T_i, 3, H, W)
+        return self._visual_features(frames, counts, **kwargs)
 
+    @can_return_tuple
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """
         Args:
             pixel_values: (num_images, 3, H, W). Each image is a one-frame clip (T = 1).
+            **kwargs: as `get_video_features`.
         Returns:
-            `BaseModelOutputWithPooling` whose ``pooler_output`` is a list of (num_visual_tokens(1), dim).
+            As `get_video_features`; ``pooler_output`` is a list of (num_visual_tokens(1), dim) per image.
         """
         if pixel_values.dim() != 4:
             raise ValueError(
                 f"pixel_values must have shape (num_images, channels, height, width), got {tuple(pixel_values.shape)}."
             )
-        return BaseModelOutputWithPooling(pooler_output=self._clips_to_features(list(pixel_values.unsqueeze(1))))
+        return self._visual_features(pixel_values, [1] * pixel_values.shape[0], **kwargs)
 
     def get_placeholder_mask(self, input_ids, inputs_embeds, token_id: int, features: torch.Tensor, kind: str):
         """Boolean (batch, seq, 1) mask of the ``token_id`` placeholders; raises a ValueError naming both
-        counts when they differ from the number of feature vectors."""
+        counts when they differ from the number of feature vectors (a check `torch.compile` can trace)."""
         if input_ids is None:
             placeholder = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
             mask = (inputs_embeds == placeholder).all(-1)
         else:
             mask = input_ids == token_id
-        n_tokens, n_features = int(mask.sum()), features.shape[0]
-        if n_tokens != n_features:
-            raise ValueError(
+        n_tokens = mask.sum()
+        torch_compilable_check(
+            n_tokens == features.shape[0],
+            lambda: (
                 f"{kind.capitalize()} features and {kind} placeholder tokens do not match: the input has "
-                f"{n_tokens} {kind} tokens (id {token_id}) but the {kind}s produce {n_features} features. "
+                f"{int(n_tokens)} {kind} tokens (id {token_id}) but the {kind}s produce {features.shape[0]} features. "
                 f"Expand each {kind} placeholder to config.num_visual_tokens(num_frames) tokens (the processor does this)."
-            )
+            ),
+        )
         return mask.unsqueeze(-1)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -689,6 +648,7 @@ class StormModel(StormPreTrainedModel):
             pixel_values: (num_images, 3, H, W), images in the order their placeholders appear.
             pixel_values_videos: (num_videos, max_frames, 3, H, W), videos in placeholder order.
             video_num_frames: (num_videos,) frames of each video when they differ (padded at the end).
+            cache: the LLM's KV cache (`past_key_values`, its old name, is accepted until transformers 5.40).
             mm_encoder_outputs: pre-computed ``{"image": ..., "video": ...}`` from `get_image_features` /
                 `get_video_features` (what `generate()` passes, so frames are encoded once per call).
         """
@@ -699,9 +659,9 @@ class StormModel(StormPreTrainedModel):
 
         encoded = dict(mm_encoder_outputs or {})
         if encoded.get("image") is None and pixel_values is not None:
-            encoded["image"] = self.get_image_features(pixel_values.to(self.vision_tower.dtype))
+            encoded["image"] = self.get_image_features(pixel_values)
         if encoded.get("video") is None and pixel_values_videos is not None:
-            encoded["video"] = self.get_video_features(pixel_values_videos.to(self.vision_tower.dtype), video_num_frames)
+            encoded["video"] = self.get_video_features(pixel_values_videos, video_num_frames)
 
         for kind, token_id in (("image", self.config.image_token_id), ("video", self.config.video_token_id)):
             if encoded.get(kind) is None:
@@ -734,91 +694,19 @@ def _frame_counts(video_num_frames, num_videos: int, max_frames: int) -> list[in
     return counts
 
 
-class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
+class StormForConditionalGeneration(StormFromPartsMixin, StormPreTrainedModel, GenerationMixin):
     """STORM with the LM head: `forward` returns logits (and the loss when ``labels`` are given); use
     `generate()` for answers. Frames go through the image encoder and temporal encoder once per
     `generate()` call; decoding then uses the KV cache."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}  # the LLM's own plan shards embed_tokens; the head follows
 
     def __init__(self, config: StormConfig):
         super().__init__(config)
         self.model = StormModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
-
-    @classmethod
-    def from_vision_text_pretrained(
-        cls,
-        vision_model_name_or_path: str,
-        text_model_name_or_path: str,
-        *,
-        video_token: str = "<video>",
-        image_token: str = "<image>",
-        return_processor: bool = False,
-        dtype: torch.dtype | None = None,
-        **storm_options,
-    ):
-        """STORM built from an existing image encoder and LLM, with a fresh projector and temporal encoder.
-
-        Args:
-            vision_model_name_or_path: a SigLIP or CLIP checkpoint (vision-only or dual-encoder).
-            text_model_name_or_path: a Qwen2 or Llama causal-LM checkpoint with its tokenizer.
-            video_token, image_token: placeholders added to the tokenizer if missing (embeddings are resized).
-            return_processor: also return a matching `StormProcessor` (the LLM's tokenizer with the added
-                tokens, frames sized and normalised for the image encoder).
-            **storm_options: `StormConfig` fields (temporal_num_layers, temporal_pool_k, ...).
-        Returns:
-            The model, or `(model, processor)` with ``return_processor=True``.
-
-        Weights are read from safetensors only. The model is first built with random weights, then the
-        encoder's and the LLM's are copied in, so peak memory is about twice the model for a moment.
-        """
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-        from transformers.tokenization_utils_base import AddedToken
-
-        from .processing_storm import StormProcessor
-        from .video_processing_storm import StormVideoProcessor
-
-        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
-        vision_config = getattr(vision_config, "vision_config", vision_config)  # dual encoders: the vision half
-        text_config = AutoConfig.from_pretrained(text_model_name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
-        # The placeholders, and the chat template's turn markers (Llama tokenizers lack Qwen2's), as single tokens.
-        missing = [t for t in (video_token, image_token, "<|im_start|>", "<|im_end|>") if t not in tokenizer.get_vocab()]
-        if missing:
-            tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
-        storm_options.setdefault("tie_word_embeddings", bool(getattr(text_config, "tie_word_embeddings", False)))
-        config = StormConfig(
-            vision_config=vision_config.to_dict(), text_config=text_config.to_dict(),
-            video_token_id=tokenizer.convert_tokens_to_ids(video_token),
-            image_token_id=tokenizer.convert_tokens_to_ids(image_token), **storm_options,
-        )
-        config.vision_config._name_or_path = str(vision_model_name_or_path)
-        config.text_config._name_or_path = str(text_model_name_or_path)
-        model = cls(config)
-
-        vision = AutoModel.from_pretrained(vision_model_name_or_path, use_safetensors=True)
-        vision = getattr(vision, "vision_model", vision)  # a dual encoder's vision half
-        model.model.vision_tower.load_state_dict(vision.state_dict())
-        del vision
-        language = AutoModelForCausalLM.from_pretrained(text_model_name_or_path, use_safetensors=True)
-        model.model.language_model.load_state_dict(language.model.state_dict())
-        model.lm_head.load_state_dict(language.lm_head.state_dict())
-        del language
-        if len(tokenizer) > config.text_config.vocab_size:
-            model.resize_token_embeddings(len(tokenizer))
-        model.set_generation_tokens(tokenizer)
-        if dtype is not None:
-            model = model.to(dtype)
-        if not return_processor:
-            return model
-        side = vision_config.image_size
-        mean, std = _image_normalisation(vision_model_name_or_path, vision_config)
-        video_processor = StormVideoProcessor(size={"height": side, "width": side}, image_mean=mean, image_std=std)
-        processor = StormProcessor.from_config(config, video_processor, tokenizer, video_token=video_token,
-                                               image_token=image_token)
-        return model, processor
 
     def set_generation_tokens(self, tokenizer, end_of_turn: str = "<|im_end|>") -> "StormForConditionalGeneration":
         """Make `generate()` stop where the chat template ends an answer, and pad with the tokenizer's pad.
@@ -858,6 +746,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         return self.model.get_image_features(pixel_values, **kwargs)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -891,22 +780,6 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions, image_outputs=outputs.image_outputs, video_outputs=outputs.video_outputs,
         )
-
-
-def _image_normalisation(vision_model_name_or_path, vision_config):
-    """The encoder's pixel mean/std: from its preprocessor_config.json when it is a local folder that has
-    one, else SigLIP's 0.5/0.5 or CLIP's OpenAI statistics by model type."""
-    import json
-
-    path = os.path.join(str(vision_model_name_or_path), "preprocessor_config.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if "image_mean" in stored and "image_std" in stored:
-            return list(stored["image_mean"]), list(stored["image_std"])
-    if "clip" in vision_config.model_type:
-        return [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-    return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
 
 __all__ = [

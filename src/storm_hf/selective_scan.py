@@ -321,29 +321,87 @@ def selective_scan_sequential(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Kernel seam: mamba_ssm's fused CUDA kernel when it imports and the tensors are on CUDA.
+# Kernel seam: mamba_ssm's / causal_conv1d's fused CUDA kernels when they import and the tensors are on CUDA.
+# The argument layouts below are theirs ((batch, channels, length) sequences); tests check them on CPU
+# with the packages' own reference functions standing in for the kernels (tests/test_kernel_seam.py).
 # ----------------------------------------------------------------------------------------------------
 
-_MAMBA_SSM_SCAN = None
-_MAMBA_SSM_CHECKED = False
+
+def _on_kernel_device(tensor: torch.Tensor) -> bool:
+    """Whether the fused kernels may run on this tensor's device (CUDA). Tests point it elsewhere."""
+    return tensor.is_cuda
+
+
+def _import_kernel(module: str, name: str):
+    try:
+        return getattr(__import__(module, fromlist=[name]), name)
+    except Exception:  # ImportError, or a broken CUDA build: fall back to PyTorch
+        return None
+
+
+_KERNELS: dict = {}
+
+
+def _kernel(module: str, name: str):
+    """A kernel entry point, or None when its package does not import (checked once per name)."""
+    key = f"{module}.{name}"
+    if key not in _KERNELS:
+        _KERNELS[key] = _import_kernel(module, name)
+    return _KERNELS[key]
 
 
 def _mamba_ssm_scan():
-    """mamba_ssm's `selective_scan_fn`, or None when mamba_ssm is not installed (checked once)."""
-    global _MAMBA_SSM_SCAN, _MAMBA_SSM_CHECKED
-    if not _MAMBA_SSM_CHECKED:
-        _MAMBA_SSM_CHECKED = True
-        try:
-            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        except Exception:  # ImportError, or a broken CUDA build: fall back to PyTorch
-            selective_scan_fn = None
-        _MAMBA_SSM_SCAN = selective_scan_fn
-    return _MAMBA_SSM_SCAN
+    """mamba_ssm's `selective_scan_fn`, or None when mamba_ssm is not installed."""
+    return _kernel("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
+
+
+def _mamba_ssm_inner():
+    """mamba_ssm's `mamba_inner_fn` (the whole mixer fused), or None."""
+    return _kernel("mamba_ssm.ops.selective_scan_interface", "mamba_inner_fn")
+
+
+def _causal_conv1d_kernel():
+    """causal_conv1d's `causal_conv1d_fn`, or None when the package is not installed."""
+    return _kernel("causal_conv1d", "causal_conv1d_fn")
 
 
 def fused_scan_available(device: torch.device | str) -> bool:
     """True when `selective_scan` would use mamba_ssm's kernel for tensors on `device`."""
-    return torch.device(device).type == "cuda" and _mamba_ssm_scan() is not None
+    return _on_kernel_device(torch.empty(0, device=device)) and _mamba_ssm_scan() is not None
+
+
+def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None):
+    """Clear errors for what the scan does not support, before any kernel or loop sees it.
+
+    Supported: real A of shape (d_inner, d_state), input-dependent B and C of shape (batch, length,
+    d_state) (Mamba-1's selective B/C: no groups, no constant B/C), u / delta / z (batch, length, d_inner).
+    """
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, length, d_inner), got shape {tuple(u.shape)}.")
+    batch, length, d_inner = u.shape
+    if A.is_complex() or any(t is not None and t.is_complex() for t in (u, delta, B, C, D, z)):
+        raise ValueError("selective_scan: complex A (or complex inputs) is not supported; storm_hf's scan is "
+                         "Mamba-1's real S4D form (A = -exp(A_log)).")
+    if A.dim() != 2 or A.shape[0] != d_inner:
+        raise ValueError(f"selective_scan: A must be (d_inner={d_inner}, d_state), got shape {tuple(A.shape)}.")
+    d_state = A.shape[1]
+    if tuple(delta.shape) != (batch, length, d_inner):
+        raise ValueError(f"selective_scan: delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}.")
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() != 3 or tuple(t.shape) != (batch, length, d_state):
+            raise ValueError(
+                f"selective_scan: {name} must be input-dependent, (batch, length, d_state) = "
+                f"({batch}, {length}, {d_state}); got shape {tuple(t.shape)} (constant or grouped {name} is not "
+                "supported)."
+            )
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (d_inner,):
+            raise ValueError(f"selective_scan: {name} must be (d_inner,) = ({d_inner},), got {tuple(t.shape)}.")
+    if z is not None and tuple(z.shape) != (batch, length, d_inner):
+        raise ValueError(f"selective_scan: z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}.")
+    if initial_state is not None and tuple(initial_state.shape) != (batch, d_inner, d_state):
+        raise ValueError(f"selective_scan: initial_state must be (batch, d_inner, d_state) = ({batch}, {d_inner}, "
+                         f"{d_state}), got {tuple(initial_state.shape)}.")
 
 
 def selective_scan(
@@ -355,7 +413,8 @@ def selective_scan(
     mamba_ssm's fused kernel is used only when ``use_kernel`` is true, mamba_ssm imports and ``u`` is on
     CUDA; it has no initial-state input, so streaming with a carried state always uses the PyTorch path.
     """
-    kernel = _mamba_ssm_scan() if use_kernel and u.is_cuda and initial_state is None else None
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    kernel = _mamba_ssm_scan() if use_kernel and _on_kernel_device(u) and initial_state is None else None
     if kernel is None:
         return selective_scan_torch(
             u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
@@ -379,21 +438,31 @@ def selective_scan(
     return out.transpose(1, 2)
 
 
-_CAUSAL_CONV1D = None
-_CAUSAL_CONV1D_CHECKED = False
+def fused_mixer_available(hidden_states: torch.Tensor) -> bool:
+    """True when a whole mixer can run as mamba_ssm's `mamba_inner_fn` (it needs causal_conv1d too)."""
+    return (_on_kernel_device(hidden_states) and _mamba_ssm_inner() is not None
+            and _causal_conv1d_kernel() is not None)
 
 
-def _causal_conv1d_kernel():
-    """causal_conv1d's `causal_conv1d_fn`, or None when the package is not installed (checked once)."""
-    global _CAUSAL_CONV1D, _CAUSAL_CONV1D_CHECKED
-    if not _CAUSAL_CONV1D_CHECKED:
-        _CAUSAL_CONV1D_CHECKED = True
-        try:
-            from causal_conv1d import causal_conv1d_fn
-        except Exception:
-            causal_conv1d_fn = None
-        _CAUSAL_CONV1D = causal_conv1d_fn
-    return _CAUSAL_CONV1D
+def mamba_inner(hidden_states: torch.Tensor, mixer) -> torch.Tensor:
+    """A whole `StormMambaMixer` (in_proj, conv, x_proj, dt_proj, scan, gate, out_proj) as mamba_ssm's fused
+    `mamba_inner_fn`, called the way `Mamba.forward`'s fast path calls it.
+
+    hidden_states: (batch, length, d_model) -> (batch, length, d_model).
+    """
+    batch, length, _ = hidden_states.shape
+    # in_proj as one matmul into mamba_ssm's (batch, 2 * d_inner, length) layout.
+    xz = (mixer.in_proj.weight @ hidden_states.reshape(batch * length, -1).t())  # (2 * d_inner, batch * length)
+    xz = xz.reshape(-1, batch, length).permute(1, 0, 2)  # (batch, 2 * d_inner, length)
+    if mixer.in_proj.bias is not None:
+        xz = xz + mixer.in_proj.bias.to(xz.dtype)[:, None]
+    A = -torch.exp(mixer.A_log.float())  # (d_inner, d_state)
+    out = _mamba_ssm_inner()(
+        xz, mixer.conv1d.weight, mixer.conv1d.bias, mixer.x_proj.weight, mixer.dt_proj.weight,
+        mixer.out_proj.weight, mixer.out_proj.bias, A, None, None, mixer.D.float(),
+        delta_bias=mixer.dt_proj.bias.float(), delta_softplus=True,
+    )
+    return out  # (batch, length, d_model)
 
 
 def causal_conv1d(
@@ -412,7 +481,7 @@ def causal_conv1d(
     Returns:
         (batch, d_inner, length).
     """
-    kernel = _causal_conv1d_kernel() if use_kernel and x.is_cuda and prefix is None else None
+    kernel = _causal_conv1d_kernel() if use_kernel and _on_kernel_device(x) and prefix is None else None
     if kernel is not None:
         return kernel(x.contiguous(), weight, bias, activation=None)
     width = weight.shape[1]
