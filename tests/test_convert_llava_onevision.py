@@ -90,3 +90,31 @@ def test_converter_refuses_what_is_not_llava_onevision(tmp_path):
         assert result.returncode == 2 and "not a LLaVA-OneVision checkpoint" in result.stderr and reason in result.stderr
         assert "Traceback" not in result.stderr and "saved" not in result.stdout
         assert not (tmp_path / "out").exists()
+
+
+def test_converted_model_sees_llava_onevision_vision_features(tmp_path):
+    """vision_feature_layer=-1 in LLaVA-OneVision is hidden_states[-1] (before SigLIP's post-LayerNorm); the
+    converted STORM reads the same tensor on the same frames (a 32 px tower needs no interpolation)."""
+    from storm_hf.convert_llava_onevision_to_storm import convert_llava_onevision_to_storm
+
+    tokenizer = tiny_tokenizer()
+    config = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=4),
+        text_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer)),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
+        vision_feature_select_strategy="full")
+    torch.manual_seed(0)
+    llava = LlavaOnevisionForConditionalGeneration(config).eval()
+    llava.save_pretrained(tmp_path / "llava")
+    tokenizer.save_pretrained(tmp_path / "llava")
+    storm, _ = convert_llava_onevision_to_storm(tmp_path / "llava", image_size=32)
+    frames = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        theirs = llava.model.vision_tower(frames, output_hidden_states=True).hidden_states[-1]
+        ours = storm.model.select_patch_features(storm.model.run_vision_tower(frames))
+        after_norm = storm.model.vision_tower(frames).last_hidden_state
+    torch.testing.assert_close(ours, theirs)
+    assert not torch.allclose(ours, after_norm)  # the post-LayerNorm output would be a different feature

@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass, field
 
 import torch
+from transformers import Trainer
 
 
 def load_config(path: str) -> dict:
@@ -72,6 +73,27 @@ class TrainingRun:
     finished_before: bool = False
     losses: list = field(default_factory=list)
     outputs: dict = field(default_factory=dict)
+
+
+def no_weight_decay_parameter_names(model) -> set[str]:
+    """Names of the SSM parameters that take no weight decay (mamba_ssm's `_no_weight_decay`): every mixer's
+    `A_log` and `D`, found by module type so that a reload or a PEFT wrapper cannot lose the mark."""
+    from .modeling_storm import StormMambaMixer
+
+    names = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, StormMambaMixer):
+            names.update(f"{module_name}.{name}" if module_name else name for name in ("A_log", "D"))
+    return names
+
+
+class StormTrainer(Trainer):
+    """transformers' Trainer whose weight decay skips, besides norms and biases (Trainer's own rule), the
+    SSM's `A_log` and `D`, as mamba_ssm trains them. `storm-hf train` uses it; so can your own scripts."""
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        skip = no_weight_decay_parameter_names(model)
+        return [name for name in super().get_decay_parameter_names(model) if name not in skip]
 
 
 def _require_training_packages():
@@ -133,7 +155,7 @@ def train(config: dict, callbacks=None):
     the final weights saved) loads nothing, trains nothing and says so.
     """
     _require_training_packages()
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     from .modeling_storm import StormForConditionalGeneration
@@ -193,8 +215,8 @@ def train(config: dict, callbacks=None):
     dataset = load_video_dataset(config["train_file"])
     collator = StormDataCollator(processor, video_root=config.get("video_root", "."),
                                  num_frames=config.get("num_frames"))
-    trainer = run.trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                                    callbacks=callbacks)
+    trainer = run.trainer = StormTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                                         callbacks=callbacks)
     trainer.train(resume_from_checkpoint=resume or None)
     run.end_step = trainer.state.global_step
     run.losses = [(log["step"], log["loss"]) for log in trainer.state.log_history
