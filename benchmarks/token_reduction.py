@@ -56,14 +56,14 @@ def main():
         stages = {"encoder": [], "projector": [], "temporal": [], "llm": []}
         with torch.inference_mode():
             for _ in range(args.repeats + 1):  # the first round warms up
-                stages = model.model  # the model's own stages, as get_video_features chains them
-                patches, t_enc = timed(lambda: stages.select_patch_features(stages.run_vision_tower(video)))
-                tokens, t_proj = timed(lambda: stages.projector(patches))
+                parts = model.model  # the model's own stages, as get_video_features chains them
+                patches, t_enc = timed(lambda: parts.select_patch_features(parts.run_vision_tower(video)))
+                tokens, t_proj = timed(lambda: parts.projector(patches))
                 frames, per_frame, dim = tokens.shape
 
                 def temporal():
-                    encoded = stages.encode_in_time([tokens])[0]  # (frames, N, dim)
-                    return stages.reduce_tokens(encoded[None]).reshape(-1, dim)  # (visual tokens, dim)
+                    encoded = parts.encode_in_time([tokens])[0]  # (frames, N, dim)
+                    return parts.reduce_tokens(encoded[None]).reshape(-1, dim)  # (visual tokens, dim)
 
                 features, t_temp = timed(temporal)
                 prompt = torch.tensor([[1] + [model.config.video_token_id] * features.shape[0] + [2, 3, 4]])

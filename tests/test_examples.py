@@ -43,3 +43,10 @@ def test_finetune_lora_example(tmp_path):
     assert (tmp_path / "outputs" / "storm-lora" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "outputs" / "storm-lora" / "merged" / "model.safetensors").is_file()
     assert (tmp_path / "outputs" / "example-data" / "train.jsonl").is_file()
+
+
+def test_token_reduction_benchmark_runs_on_the_models_own_stages():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "token_reduction.py"), "--frames", "4",
+                             "--repeats", "1"], capture_output=True, text=True, env=OFFLINE, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "k=4, s=2" in result.stdout and "speed-up" in result.stdout
