@@ -174,3 +174,38 @@ def test_streaming_is_refused_for_the_bidirectional_encoder():
         encoder.stream(torch.randn(1, 16, 32))
     with pytest.raises(ValueError, match="temporal_bidirectional=False"):
         encoder.init_state(1)
+
+
+def test_shared_projections_are_vision_mamba_style():
+    """temporal_share_projections: one in_proj / out_proj for both directions, a convolution and SSM each."""
+    config = tiny_config(temporal_share_projections=True)
+    torch.manual_seed(0)
+    encoder = StormTemporalEncoder(config).eval()
+    block = encoder.layers[0]
+    assert block.backward_mixer.in_proj is None and block.backward_mixer.out_proj is None
+    x = torch.randn(2, 40, 32)
+    with torch.no_grad():
+        normed = block.norm(x)
+        xz = block.forward_mixer.in_proj(normed)
+        x_in, z = xz.chunk(2, dim=-1)
+        y = block.forward_mixer.ssm(x_in, z)[0] + block.backward_mixer.ssm(x_in.flip(1), z.flip(1))[0].flip(1)
+        torch.testing.assert_close(block(x), x + block.forward_mixer.out_proj(y))
+        changed = x.clone()
+        changed[:, 30:] += torch.randn(2, 10, 32)
+        assert (block(changed)[:, :5] - block(x)[:, :5]).abs().max() > 1e-7  # early tokens see later ones
+    separate = sum(p.numel() for p in StormTemporalEncoder(tiny_config()).parameters())
+    assert sum(p.numel() for p in encoder.parameters()) < separate
+    with pytest.raises(ValueError, match="not 'concat'"):
+        tiny_config(temporal_share_projections=True, temporal_direction_merge="concat")
+
+
+def test_shared_projections_save_and_load(tmp_path):
+    from storm_hf import StormForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = StormForConditionalGeneration(tiny_config(temporal_share_projections=True)).eval()
+    model.save_pretrained(tmp_path)
+    loaded = StormForConditionalGeneration.from_pretrained(tmp_path).eval()
+    x = torch.randn(1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.temporal_encoder(x), model.model.temporal_encoder(x))

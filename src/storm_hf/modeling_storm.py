@@ -160,6 +160,8 @@ def init_mamba_mixer(mixer: "StormMambaMixer", residual_scale: float = 1.0):
     if mixer.A_log.is_meta:
         return  # materialised later, when PreTrainedModel initialises the missing weights
     for linear in (mixer.in_proj, mixer.x_proj):
+        if linear is None:
+            continue  # a backward SSM that shares the forward mixer's projections
         bound = 1 / math.sqrt(linear.in_features)
         init.uniform_(linear.weight, -bound, bound)
         if linear.bias is not None:
@@ -184,10 +186,11 @@ def init_mamba_mixer(mixer: "StormMambaMixer", residual_scale: float = 1.0):
     init.copy_(mixer.dt_proj.bias, inverse_softplus_dt)
     init.copy_(mixer.A_log, torch.log(A).expand(mixer.d_inner, -1))
     init.ones_(mixer.D)
-    out_bound = 1 / math.sqrt(mixer.out_proj.in_features) / residual_scale
-    init.uniform_(mixer.out_proj.weight, -out_bound, out_bound)
-    if mixer.out_proj.bias is not None:
-        init.zeros_(mixer.out_proj.bias)
+    if mixer.out_proj is not None:
+        out_bound = 1 / math.sqrt(mixer.out_proj.in_features) / residual_scale
+        init.uniform_(mixer.out_proj.weight, -out_bound, out_bound)
+        if mixer.out_proj.bias is not None:
+            init.zeros_(mixer.out_proj.bias)
 
 
 class StormMambaMixer(nn.Module):
@@ -216,6 +219,7 @@ class StormMambaMixer(nn.Module):
         conv_bias: bool = True,
         bias: bool = False,
         use_kernels: bool = True,
+        projections: bool = True,
         device=None,
         dtype=None,
     ):
@@ -234,7 +238,9 @@ class StormMambaMixer(nn.Module):
         )
         self.use_kernels = use_kernels
 
-        self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory)
+        # projections=False: only the convolution and the SSM (x, z -> y), for a direction that shares another
+        # mixer's in_proj / out_proj (temporal_share_projections).
+        self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory) if projections else None
         self.conv1d = nn.Conv1d(
             self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner, padding=d_conv - 1,
             bias=conv_bias, **factory,
@@ -245,9 +251,10 @@ class StormMambaMixer(nn.Module):
         self.D = nn.Parameter(torch.empty(self.d_inner, device=device, dtype=torch.float32))
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory) if projections else None
         for part in (self.in_proj, self.conv1d, self.x_proj, self.dt_proj, self.out_proj):
-            part._storm_mamba_part = True  # initialised with the mixer (init_mamba_mixer), not on its own
+            if part is not None:
+                part._storm_mamba_part = True  # initialised with the mixer (init_mamba_mixer), not on its own
         init_mamba_mixer(self)
 
     def _apply(self, fn, recurse=True):
@@ -282,7 +289,12 @@ class StormMambaMixer(nn.Module):
     def _mix(self, hidden_states, state):
         xz = self.in_proj(hidden_states)  # (batch, length, 2 * d_inner)
         x, z = xz.chunk(2, dim=-1)  # (batch, length, d_inner) each
+        y, new_state = self.ssm(x, z, state)
+        return self.out_proj(y), new_state
 
+    def ssm(self, x: torch.Tensor, z: torch.Tensor, state: MambaMixerState | None = None):
+        """The mixer between its projections: x, z (batch, length, d_inner) -> y (batch, length, d_inner), and
+        the state after the last token when a ``state`` came in (else None)."""
         # Causal depthwise convolution over time; a carried state supplies the previous d_conv - 1 inputs.
         x_t = x.transpose(1, 2)  # (batch, d_inner, length)
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
@@ -300,11 +312,10 @@ class StormMambaMixer(nn.Module):
             return_last_state=state is not None, use_kernel=self.use_kernels,
         )
         if state is None:
-            return self.out_proj(scan), None
+            return scan, None
         y, ssm_state = scan
         history = torch.cat([state.conv_state.to(x_t.dtype), x_t], dim=-1)  # (batch, d_inner, d_conv + length)
-        new_state = MambaMixerState(conv_state=history[:, :, -self.d_conv:], ssm_state=ssm_state)
-        return self.out_proj(y), new_state
+        return y, MambaMixerState(conv_state=history[:, :, -self.d_conv:], ssm_state=ssm_state)
 
 
 class StormTemporalBlock(GradientCheckpointingLayer):
@@ -317,8 +328,9 @@ class StormTemporalBlock(GradientCheckpointingLayer):
 
         x + merge(forward_mixer(norm(x)), flip(backward_mixer(flip(norm(x)))))
 
-    (Vision Mamba's bidirectional block differs: it shares the input and output projections between the
-    directions.) Forward-only layers (`temporal_bidirectional=False`) are ``x + forward_mixer(norm(x))``,
+    With `temporal_share_projections=True` the block is Vision Mamba's instead: one in_proj and one out_proj
+    shared by the directions, each direction with its own convolution and SSM parameters, merged (add or
+    mean) before the shared out_proj. Forward-only layers (`temporal_bidirectional=False`) are ``x + forward_mixer(norm(x))``,
     have ``backward_mixer = None`` and can `stream`.
     """
 
@@ -337,8 +349,16 @@ class StormTemporalBlock(GradientCheckpointingLayer):
                 use_kernels=config.use_mamba_kernels,
             )
 
+        self.share_projections = self.bidirectional and config.temporal_share_projections
         self.forward_mixer = make_mixer()
-        self.backward_mixer = make_mixer() if self.bidirectional else None
+        self.backward_mixer = None
+        if self.bidirectional:
+            self.backward_mixer = make_mixer() if not self.share_projections else StormMambaMixer(
+                d_model, d_state=config.temporal_d_state, d_conv=config.temporal_d_conv,
+                expand=config.temporal_expand, dt_rank=config.temporal_dt_rank,
+                conv_bias=config.temporal_conv_bias, bias=config.temporal_bias,
+                use_kernels=config.use_mamba_kernels, projections=False,
+            )
         self.merge_proj = (
             nn.Linear(2 * d_model, d_model, bias=False) if self.bidirectional and self.merge == "concat" else None
         )
@@ -348,6 +368,10 @@ class StormTemporalBlock(GradientCheckpointingLayer):
         normed = self.norm(hidden_states)
         if not self.bidirectional:
             return hidden_states + self.forward_mixer(normed)
+        if self.share_projections:  # Vision Mamba: shared projections, a convolution and SSM per direction
+            x, z = self.forward_mixer.in_proj(normed).chunk(2, dim=-1)  # (batch, length, d_inner) each
+            y = self.forward_mixer.ssm(x, z)[0] + self.backward_mixer.ssm(x.flip(1), z.flip(1))[0].flip(1)
+            return hidden_states + self.forward_mixer.out_proj(y if self.merge == "add" else 0.5 * y)
         forward_out = self.forward_mixer(normed)
         backward_out = self.backward_mixer(normed.flip(1)).flip(1)
         if self.merge == "add":
