@@ -177,6 +177,9 @@ def test_checkpoints_survive_the_final_save_and_a_rerun_trains_nothing(data, tmp
     output.mkdir()
     (output / "notes.md").write_text("mine")
     first = train(job(data, checkpoint, output, stage, merge_lora=stage == "lora"))
+    from storm_hf.train import StormTrainer
+
+    assert isinstance(first.trainer, StormTrainer)  # its optimizer groups skip A_log, D, norms and biases
     assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     for name in ("checkpoint-3", "checkpoint-6"):  # whole: weights, optimizer and trainer state
         files = set(os.listdir(output / name))
