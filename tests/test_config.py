@@ -63,7 +63,7 @@ def test_paper_token_budgets():
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(temporal_pool_k=0), dict(spatial_pool_p=-1), dict(temporal_sample_s=1.5), dict(temporal_num_layers=0),
+    [dict(temporal_pool_k=0), dict(spatial_pool_p=-1), dict(temporal_sample_s=1.5), dict(temporal_num_layers=-1),
      dict(temporal_dt_rank="big"), dict(downsample_ratio=3), dict(temporal_direction_merge="max"),
      dict(temporal_bidirectional="yes"), dict(temporal_norm_eps=0.0), dict(temporal_norm_eps="x")],
 )

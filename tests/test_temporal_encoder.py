@@ -209,3 +209,25 @@ def test_shared_projections_save_and_load(tmp_path):
     x = torch.randn(1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model.temporal_encoder(x), model.model.temporal_encoder(x))
+
+
+def test_no_temporal_encoder_is_the_identity_baseline():
+    """temporal_num_layers=0: the VILA-style baseline, same projector and reduction, frames independent."""
+    from storm_hf import StormForConditionalGeneration
+
+    config = tiny_config(temporal_num_layers=0, temporal_pool_k=4)
+    encoder = StormTemporalEncoder(config)
+    assert len(encoder.layers) == 0 and encoder.norm is None and not list(encoder.parameters())
+    x = torch.randn(1, 48, 32)
+    assert torch.equal(encoder(x), x)
+    torch.manual_seed(0)
+    model = StormForConditionalGeneration(config).eval()
+    video = torch.randn(1, 8, 3, 32, 32)
+    with torch.no_grad():
+        features = model.get_video_features(video).pooler_output[0]
+        tokens = model.model.encode_frames(video[0])  # (8, N, dim): each frame alone
+        expected = model.model.reduce_tokens(tokens[None])[0].flatten(0, 1)
+    torch.testing.assert_close(features, expected)
+    assert features.shape[0] == config.num_visual_tokens(8)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        tiny_config(temporal_num_layers=-1)

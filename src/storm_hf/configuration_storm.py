@@ -122,6 +122,8 @@ class StormConfig(PreTrainedConfig):
         temporal_num_layers (`int`, defaults to 1):
             Pre-norm residual Mamba layers L in the temporal encoder. The paper does not give L; one
             bidirectional layer keeps the encoder near the paper's "at most ~3% of latency". *ours*
+            `0` removes the temporal encoder (no layers and no final norm: the projector's tokens go straight
+            to the reduction), the paper's VILA-style baseline with the same projector and token reduction.
         temporal_d_state (`int`, defaults to 16):
             SSM state size per channel (mamba_ssm's `d_state`). *ours* (mamba_ssm's default)
         temporal_d_conv (`int`, defaults to 4):
@@ -217,8 +219,10 @@ class StormConfig(PreTrainedConfig):
         for name in ("downsample_ratio", "temporal_num_layers", "temporal_d_state", "temporal_d_conv",
                      "temporal_expand", "temporal_pool_k", "spatial_pool_p", "temporal_sample_s"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"StormConfig.{name} must be a positive integer, got {value!r}.")
+            smallest = 0 if name == "temporal_num_layers" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
+                kind = "a non-negative" if smallest == 0 else "a positive"
+                raise ValueError(f"StormConfig.{name} must be {kind} integer, got {value!r}.")
         if self.temporal_direction_merge not in ("add", "mean", "concat"):
             raise ValueError(
                 f"StormConfig.temporal_direction_merge must be 'add', 'mean' or 'concat', got {self.temporal_direction_merge!r}."

@@ -391,7 +391,8 @@ class StormTemporalBlock(GradientCheckpointingLayer):
 
 
 class StormTemporalEncoder(nn.Module):
-    """L `StormTemporalBlock`s and a final LayerNorm over the flattened (frame, row, column) sequence.
+    """L `StormTemporalBlock`s and a final LayerNorm over the flattened (frame, row, column) sequence; with
+    L = 0 the identity (the baseline without a temporal encoder).
 
     Forward-only encoders can `stream`: give each chunk of frames with the states the previous chunk left
     (one `MambaMixerState` per layer); the outputs equal one call over all frames, and each new frame costs
@@ -402,7 +403,9 @@ class StormTemporalEncoder(nn.Module):
         super().__init__()
         self.bidirectional = config.temporal_bidirectional
         self.layers = nn.ModuleList(StormTemporalBlock(config) for _ in range(config.temporal_num_layers))
-        self.norm = nn.LayerNorm(config.text_config.hidden_size, eps=config.temporal_norm_eps) if config.temporal_final_norm else None
+        # No layers (temporal_num_layers=0, the baseline without a temporal encoder): no final norm either.
+        final_norm = config.temporal_final_norm and config.temporal_num_layers > 0
+        self.norm = nn.LayerNorm(config.text_config.hidden_size, eps=config.temporal_norm_eps) if final_norm else None
 
     def init_state(self, batch_size: int, device=None) -> list[MambaMixerState]:
         """The state before the first frame of a stream (forward-only encoders)."""
@@ -494,7 +497,7 @@ class StormPreTrainedModel(StormCheckpointMixin, PreTrainedModel):
         """mamba_ssm's `rescale_prenorm_residual`: out_proj divided by sqrt(residual writes per layer * layers).
         Both directions of a bidirectional layer write into its residual, so they count as two."""
         writes = 2 if self.config.temporal_bidirectional else 1
-        return math.sqrt(writes * self.config.temporal_num_layers)
+        return math.sqrt(writes * max(1, self.config.temporal_num_layers))
 
 
 class StormModel(StormPreTrainedModel):
