@@ -1,0 +1,95 @@
+"""The procedural temporal video-QA benchmark: seeded, balanced, disjoint splits, answers that need time
+where they should, and records that go through the real reader, collator and processor."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from storm_hf.temporal_qa import (
+    ANSWERS, COLOURS, TASKS, WINDOW, clip_rng, generate, make_clip, vocabulary, write_split,
+)
+
+
+def digest(clip):
+    return hashlib.sha256(clip.frames.tobytes()).hexdigest()
+
+
+def test_same_arguments_same_clips_and_disjoint_splits():
+    assert [digest(c) for c in generate("train", 14)] == [digest(c) for c in generate("train", 14)]
+    train = {digest(c) for c in generate("train", 70)}
+    for split in ("validation", "test"):
+        assert not train & {digest(c) for c in generate(split, 70)}
+    assert {digest(c) for c in generate("train", 14, seed=1)}.isdisjoint(train)
+
+
+def test_question_types_are_balanced_and_answers_from_a_closed_set():
+    clips = generate("train", 7 * 60)
+    for task in TASKS:
+        of_task = [c for c in clips if c.task == task]
+        assert len(of_task) == 60
+        assert all(c.answer in c.options and set(c.options) <= set(ANSWERS[task]) for c in of_task)
+        counts = np.array([sum(c.answer == a for c in of_task) for a in set(c.answer for c in of_task)])
+        assert len(counts) >= 2 and counts.max() <= 3 * counts.min() + 5  # no answer dominates
+
+
+def colour_mask(frames, colour):
+    return (np.abs(frames.astype(int) - COLOURS[colour]).sum(-1) < 40)
+
+
+def test_direction_answers_follow_the_object():
+    for i in range(20):
+        clip = make_clip(clip_rng("test", 0, i), "direction")
+        colour = clip.question.split()[4]
+        ys, xs = zip(*[np.argwhere(colour_mask(f, colour)).mean(0) for f in clip.frames[[0, -1]]])
+        moved = {"right": xs[1] - xs[0], "left": xs[0] - xs[1], "down": ys[1] - ys[0], "up": ys[0] - ys[1]}
+        assert max(moved, key=moved.get) == clip.answer
+
+
+def test_order_inside_one_pooling_window_is_invisible_after_averaging():
+    """Both flashes fall in one aligned window of WINDOW frames: the window's mean frame holds both, so an
+    average over the window cannot tell the order; a static frame answers the control questions."""
+    for i in range(30):
+        clip = make_clip(clip_rng("test", 0, i), "order_in_window")
+        (first, t1), (second, t2) = sorted(clip.meta["flash"].items(), key=lambda item: item[1])
+        assert first == clip.answer and t1 < t2 and t1 // WINDOW == t2 // WINDOW
+        window = clip.frames[t1 // WINDOW * WINDOW : t1 // WINDOW * WINDOW + WINDOW]
+        swapped = window.copy()
+        swapped[[t1 % WINDOW, t2 % WINDOW]] = swapped[[t2 % WINDOW, t1 % WINDOW]]
+        assert np.array_equal(window.mean(0), swapped.mean(0)) and not np.array_equal(window, swapped)
+        for colour, t in ((first, t1), (second, t2)):  # each shows in its one frame and nowhere else
+            shown = [k for k, frame in enumerate(clip.frames) if colour_mask(frame, colour).sum() > 10]
+            assert shown == [t]
+    for task in ("colour", "shape"):
+        clip = make_clip(clip_rng("test", 0, 99), task)
+        colour = clip.answer if task == "colour" else clip.question.split()[-3]
+        assert colour_mask(clip.frames[0], colour).sum() > 20  # the first frame already answers it
+
+
+def test_written_split_reads_back_through_the_collator(tmp_path):
+    from storm_hf import StormConfig, StormProcessor, read_frames
+    from storm_hf.tiny import word_tokenizer
+    from storm_hf.training import StormDataCollator, load_video_dataset
+
+    path = write_split(tmp_path, "validation", count=7)
+    dataset = load_video_dataset(path)
+    assert len(dataset) == 7 and [r["task"] for r in dataset] == list(TASKS)
+    clips = generate("validation", 7)
+    frames, _, index = read_frames(tmp_path / dataset[0]["video"], range(16))
+    assert index.total_frames == 16 and np.abs(frames.astype(int) - clips[0].frames).mean() < 3
+    processor = StormProcessor.from_config(StormConfig.from_preset("tiny"), tokenizer=word_tokenizer(vocabulary()))
+    batch = StormDataCollator(processor, video_root=str(tmp_path), num_frames=16)([dataset[i] for i in range(3)])
+    assert batch["pixel_values_videos"].shape[:2] == (3, 16)
+    unknown = processor.tokenizer.unk_token_id
+    assert unknown not in batch["input_ids"][batch["attention_mask"].bool()].tolist()  # every word is known
+    answers = [processor.tokenizer.decode([t for t in row if t != -100]).split()[0] for row in batch["labels"].tolist()]
+    assert answers == [r["answer"] for r in (dataset[0], dataset[1], dataset[2])]
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="unknown task"):
+        make_clip(clip_rng("train", 0, 0), "juggling")
+    with pytest.raises(ValueError, match="Unknown split"):
+        clip_rng("dev", 0, 0)
+    with pytest.raises(ValueError, match="at least 8 frames"):
+        make_clip(clip_rng("train", 0, 0), "direction", num_frames=4)
