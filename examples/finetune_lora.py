@@ -11,13 +11,11 @@ import argparse
 import json
 import os
 
-import av
-import numpy as np
 import torch
 import yaml
 
 from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor
-from storm_hf.tiny import word_tokenizer
+from storm_hf.tiny import word_tokenizer, write_clip
 from storm_hf.train import train
 
 
@@ -28,17 +26,7 @@ def make_example_data(root: str, count: int = 8) -> str:
     for i in range(count):
         direction = "right" if i % 2 == 0 else "left"
         path = os.path.join("clips", f"{i:03d}.mp4")
-        with av.open(os.path.join(root, path), mode="w") as container:
-            stream = container.add_stream("libx264", rate=12)
-            stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-            for t in range(24):
-                x = 2 * t if direction == "right" else 46 - 2 * t
-                frame = np.zeros((64, 64, 3), np.uint8)
-                frame[24:40, x : x + 16] = 255
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+        write_clip(os.path.join(root, path), num_frames=24, size=64, fps=12, direction=direction)
         records.append({"video": path, "messages": [
             {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "where does the square move ?"}]},
             {"role": "assistant", "content": f"the square moves {direction}"}]})

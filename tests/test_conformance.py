@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from storm_hf import StormConfig, StormForConditionalGeneration, StormMambaMixer
+from storm_hf import StormForConditionalGeneration, StormMambaMixer
 
 from .conftest import tiny_config, tiny_model, video_prompt
 

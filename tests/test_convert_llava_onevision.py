@@ -20,20 +20,27 @@ def test_position_embedding_interpolation_keeps_a_constant_field():
     assert interpolate_position_embeddings(same, 8) is same
 
 
-def test_convert_keeps_encoder_and_llm(tmp_path):
+def save_tiny_llava(folder, vision_layers=2, text_layers=2, image_size=28, **extra):
+    """A random-weight LLaVA-OneVision (SigLIP + Qwen2, width 32) and the tiny tokenizer, saved to `folder`."""
     tokenizer = tiny_tokenizer()
     config = LlavaOnevisionConfig(
         vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=4),
-        text_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size,
+                           patch_size=4),
+        text_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=text_layers,
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer)),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"), **extra,
     )
     torch.manual_seed(0)
-    llava = LlavaOnevisionForConditionalGeneration(config)
-    llava.save_pretrained(tmp_path / "llava")
-    tokenizer.save_pretrained(tmp_path / "llava")
+    llava = LlavaOnevisionForConditionalGeneration(config).eval()
+    llava.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return llava, tokenizer
+
+
+def test_convert_keeps_encoder_and_llm(tmp_path):
+    llava, _ = save_tiny_llava(tmp_path / "llava")
     result = subprocess.run([sys.executable, "-m", "storm_hf.convert_llava_onevision_to_storm", str(tmp_path / "llava"),
                              str(tmp_path / "storm"), "--image-size", "32", "--temporal-pool-k", "2"],
                             capture_output=True, text=True, timeout=300)
@@ -62,16 +69,7 @@ def test_converted_model_stops_at_the_end_of_a_chat_turn(tmp_path):
 
     from storm_hf.convert_llava_onevision_to_storm import convert_llava_onevision_to_storm
 
-    tokenizer = tiny_tokenizer()
-    config = LlavaOnevisionConfig(
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=4),
-        text_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer)),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"))
-    LlavaOnevisionForConditionalGeneration(config).save_pretrained(tmp_path / "llava")
-    tokenizer.save_pretrained(tmp_path / "llava")
+    _, tokenizer = save_tiny_llava(tmp_path / "llava", vision_layers=1, text_layers=1)
     convert_llava_onevision_to_storm(tmp_path / "llava", tmp_path / "storm", image_size=32)
     saved = json.loads((tmp_path / "storm" / "generation_config.json").read_text())
     assert saved["eos_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -97,19 +95,8 @@ def test_converted_model_sees_llava_onevision_vision_features(tmp_path):
     converted STORM reads the same tensor on the same frames (a 32 px tower needs no interpolation)."""
     from storm_hf.convert_llava_onevision_to_storm import convert_llava_onevision_to_storm
 
-    tokenizer = tiny_tokenizer()
-    config = LlavaOnevisionConfig(
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=4),
-        text_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer)),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
-        vision_feature_select_strategy="full")
-    torch.manual_seed(0)
-    llava = LlavaOnevisionForConditionalGeneration(config).eval()
-    llava.save_pretrained(tmp_path / "llava")
-    tokenizer.save_pretrained(tmp_path / "llava")
+    llava, _ = save_tiny_llava(tmp_path / "llava", text_layers=1, image_size=32, vision_feature_layer=-1,
+                               vision_feature_select_strategy="full")
     storm, _ = convert_llava_onevision_to_storm(tmp_path / "llava", image_size=32)
     frames = torch.randn(3, 3, 32, 32)
     with torch.no_grad():

@@ -1,6 +1,5 @@
 """The Mamba mixer (mamba_ssm names, shapes, init and function) and the temporal encoder."""
 
-import math
 
 import pytest
 import torch

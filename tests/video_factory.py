@@ -25,15 +25,23 @@ def decode_index(frame: np.ndarray) -> int:
 
 def make_video(path, num_frames=60, fps=24, gop=12, bframes=2, variable_rate=False, audio=False):
     """An H.264 .mp4 of `index_frame`s. variable_rate: frame gaps alternate 70 ms / 30 ms / 30 ms."""
-    container = av.open(str(path), mode="w")
-    stream = container.add_stream("libx264", rate=fps)
-    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-    stream.options = {"g": str(gop), "bf": str(bframes), "crf": "10"}
+    return _encode_index_frames(path, None, "libx264", {"g": str(gop), "bf": str(bframes), "crf": "10"},
+                                num_frames, fps, variable_rate)
+
+
+def _encode_index_frames(path, fmt, codec, options, num_frames, fps, variable_rate, width=64, height=48):
+    """`num_frames` `index_frame`s encoded with `codec` into `path` (container `fmt`, or by the suffix)."""
+    container = av.open(str(path), mode="w", format=fmt)
+    stream = container.add_stream(codec, rate=fps)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    if options:
+        stream.options = dict(options)
     if variable_rate:
         stream.codec_context.time_base = Fraction(1, 1000)
     t = 0
     for i in range(num_frames):
-        frame = av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")
+        frame = av.VideoFrame.from_ndarray(index_frame(i, width, height), format="rgb24")
         if variable_rate:
             frame.pts, frame.time_base = t, Fraction(1, 1000)
             t += 70 if i % 3 == 0 else 30
@@ -89,26 +97,7 @@ FORMATS = {
 def make_format_video(path, kind, num_frames=60, fps=25, variable_rate=False, width=64, height=48):
     """A video of `index_frame`s in one of `FORMATS`. variable_rate: gaps alternate 70 / 30 / 30 ms."""
     fmt, _, codec, options = FORMATS[kind]
-    container = av.open(str(path), mode="w", format=fmt)
-    stream = container.add_stream(codec, rate=fps)
-    stream.width, stream.height = width, height
-    stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-    if options:
-        stream.options = dict(options)
-    if variable_rate:
-        stream.codec_context.time_base = Fraction(1, 1000)
-    t = 0
-    for i in range(num_frames):
-        frame = av.VideoFrame.from_ndarray(index_frame(i, width, height), format="rgb24")
-        if variable_rate:
-            frame.pts, frame.time_base = t, Fraction(1, 1000)
-            t += 70 if i % 3 == 0 else 30
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+    return _encode_index_frames(path, fmt, codec, options, num_frames, fps, variable_rate, width, height)
 
 
 def remux(source, path, keep=lambda position, packet: True):

@@ -226,13 +226,10 @@ def _image_array(image):
 
     import numpy as np
 
-    from .video_io import VideoReadError, load_image
+    from .video_io import load_image
 
     if isinstance(image, (str, os.PathLike)):
-        try:
-            image = load_image(image)
-        except VideoReadError as error:
-            raise ValueError(str(error).replace("not a readable still image", "not a readable image")) from error
+        image = load_image(image)  # a VideoReadError (a ValueError) naming the file when it is not an image
     array = np.asarray(image)
     if array.ndim == 2:
         array = array[:, :, None]

@@ -367,7 +367,7 @@ def _causal_conv1d_kernel():
 
 def fused_scan_available(device: torch.device | str) -> bool:
     """True when `selective_scan` would use mamba_ssm's kernel for tensors on `device`."""
-    return _on_kernel_device(torch.empty(0, device=device)) and _mamba_ssm_scan() is not None
+    return torch.device(device).type == "cuda" and _mamba_ssm_scan() is not None
 
 
 def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None):

@@ -207,14 +207,16 @@ def generate(split: str, count: int, seed: int = 0, tasks=TASKS, num_frames: int
     return [make_clip(clip_rng(split, seed, i), tasks[i % len(tasks)], num_frames, size) for i in range(count)]
 
 
-def write_video(path, frames: np.ndarray, fps: int = 8):
-    """(frames, H, W, 3) uint8 as an H.264 .mp4 (crf 12: colours and one-frame flashes survive)."""
+def write_video(path, frames: np.ndarray, fps: int = 8, pix_fmt: str = "yuv444p", options: dict | None = None):
+    """(frames, H, W, 3) uint8 as an H.264 .mp4. By default crf 12 in full chroma, one GOP, no B-frames, so
+    that colours and one-frame flashes survive; ``options`` (x264's, e.g. ``{}`` for its defaults) replaces
+    that."""
     import av
 
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
-        stream.options = {"crf": "12", "g": str(len(frames)), "bf": "0"}
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        stream.options = {"crf": "12", "g": str(len(frames)), "bf": "0"} if options is None else dict(options)
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)

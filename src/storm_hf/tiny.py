@@ -37,22 +37,18 @@ def word_tokenizer(words, vocab_size: int = TINY_VOCAB_SIZE):
 def write_clip(path, num_frames: int = 48, size: int = 64, fps: int = 24, direction: str = "right"):
     """A short H.264 clip of a white square crossing a black frame (left to right, or ``direction="left"``),
     written with PyAV: an input for examples and snippets that needs no download. Returns ``path``."""
-    import av
     import numpy as np
 
+    from .temporal_qa import write_video
+
     side = size // 4
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
-        for t in range(num_frames):
-            x = round(t * (size - side) / max(1, num_frames - 1))
-            x = x if direction == "right" else size - side - x
-            image = np.zeros((size, size, 3), np.uint8)
-            image[size // 2 - side // 2 : size // 2 + side // 2, x : x + side] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    frames = np.zeros((num_frames, size, size, 3), np.uint8)
+    for t in range(num_frames):
+        x = round(t * (size - side) / max(1, num_frames - 1))
+        x = x if direction == "right" else size - side - x
+        frames[t, size // 2 - side // 2 : size // 2 + side // 2, x : x + side] = 255
+    write_video(path, frames, fps=fps, pix_fmt="yuv420p", options={})  # x264's defaults
     return path
+
 
 __all__ = ["word_tokenizer", "write_clip", "TINY_SPECIAL_TOKENS", "TINY_VOCAB_SIZE"]

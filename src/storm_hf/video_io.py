@@ -2,15 +2,18 @@
 """Reading chosen frames from video files with PyAV, exactly and without decoding the whole video.
 
 Frame index i is the i-th frame in presentation order, as a full decode (`container.decode(video=0)`)
-numbers it. The reader first *demuxes* the video stream (reads packet headers, decodes only the first
-few packets) to learn every frame's presentation timestamp (pts) and where the keyframes are; then, for
+numbers it. The reader first *demuxes* the video stream (reads packet headers; decodes the first packets
+only when some are shown before the first keyframe, or the header gives no frame size) to learn every
+frame's presentation timestamp (pts), the packets in decode order and where the keyframes are; then, for
 each wanted frame, it seeks to the last keyframe at or before it (only when that skips work) and decodes
 forward to the exact timestamp. Only the wanted frames are converted to arrays and kept.
 
 Why this is exact, and why it always ends:
-* Frames are identified by their pts, never by counting after a seek. After a seek nothing is trusted
-  until the decoder outputs a keyframe; frames before that keyframe in presentation order (open-GOP
-  leading pictures, whose references lie before the seek point) are dropped.
+* Frames are identified by their pts, never by counting after a seek. After a seek the reader recognises
+  the first keyframe packet in its index (size and CRC-32), checks every later packet against the index
+  and re-stamps it with the index's timestamps (program streams report others after a seek). Nothing is
+  trusted until the decoder outputs a keyframe; frames before that keyframe in presentation order
+  (open-GOP leading pictures, whose references lie before the seek point) are dropped.
 * A seek that lands after the wanted frame (MPEG program streams seek by byte position, and land where
   they land) is retried from one and then two keyframes earlier, and then by decoding forward from the
   start of the file, which is a full decode and needs no seeking. Once decoding from the start was
@@ -166,6 +169,26 @@ def _open(source, name):
         raise VideoReadError(f"{name}: cannot be opened ({type(error).__name__}: {error}).") from error
 
 
+def _next_packet(packets):
+    """The next demuxed packet, or None at the end or when the demuxer gives up on damaged data."""
+    import av
+
+    try:
+        return next(packets, None)
+    except av.error.FFmpegError:
+        return None
+
+
+def _decode(packet, codec):
+    """Frames decoded from ``packet`` (None: flush the decoder), and whether decoding failed."""
+    import av
+
+    try:
+        return (packet.decode() if packet is not None else codec.decode(None)), False
+    except av.error.FFmpegError:
+        return [], True
+
+
 def _video_stream(container, name):
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
@@ -218,9 +241,12 @@ def load_image(source, name=None) -> np.ndarray:
     return array
 
 
-def _image_index(image) -> VideoIndex:
+def _image_index(image, name) -> VideoIndex:
     width, height = image.size
-    orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
+    try:
+        orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
+    except Exception as error:  # Pillow raises many types on damaged data
+        raise VideoReadError(f"{name}: the image data is corrupt ({type(error).__name__}: {error}).") from error
     if orientation in (5, 6, 7, 8):  # a quarter turn swaps the sides (ImageOps.exif_transpose)
         width, height = height, width
     return VideoIndex(np.zeros(1, np.int64), np.zeros(1, np.int64), Fraction(1, 1), width, height, is_image=True)
@@ -294,22 +320,14 @@ def _probe_decode(source, name, first_key_pts):
 
     Returns (pts of the frames output before it, or None when it never came out; the first frame's size
     or None)."""
-    import av
-
     shown, size, done = set(), None, False
     with _open(source, name) as container:
         stream = _video_stream(container, name)
         codec = stream.codec_context
         packets = container.demux(stream)
         for _ in range(_PROBE_PACKETS + 1):
-            try:
-                packet = next(packets, None)
-            except av.error.FFmpegError:
-                packet = None
-            try:
-                frames = packet.decode() if packet is not None else codec.decode(None)
-            except av.error.FFmpegError:
-                frames = []
+            packet = _next_packet(packets)
+            frames, _ = _decode(packet, codec)
             for frame in frames:
                 size = size or (frame.width, frame.height)
                 if frame.pts is not None:
@@ -344,10 +362,7 @@ def probe_video(source) -> VideoIndex:
     image = _still_image(source)
     if image is not None:
         with image:
-            try:
-                return _image_index(image)
-            except Exception as error:  # Pillow raises many types on damaged data
-                raise VideoReadError(f"{name}: the image data is corrupt ({type(error).__name__}: {error}).") from error
+            return _image_index(image, name)
     with _open(source, name) as container:
         return _index(container, _video_stream(container, name), name, source)
 
@@ -496,8 +511,6 @@ class _Decoder:
         return int(candidates[0])
 
     def _run(self, target_pts):
-        import av
-
         index = self.index
         seeked = target_pts is not None
         codec = self.stream.codec_context
@@ -506,10 +519,7 @@ class _Decoder:
         anchor = None  # the first vouched-for timestamp after a seek
         trusted = not seeked
         while True:
-            try:
-                packet = next(demuxed, None)
-            except av.error.FFmpegError:
-                packet = None  # the demuxer gave up (truncated or corrupt data): flush what was decoded
+            packet = _next_packet(demuxed)  # None also when the demuxer gives up: flush what was decoded
             self.packets_decoded += 1
             if self.packets_decoded > self.limit:
                 raise _OverBudget()
@@ -536,11 +546,8 @@ class _Decoder:
             if not end and index.seekable:
                 # Frames no other frame refers to are skipped unless wanted: decoding stays exact.
                 codec.skip_frame = "DEFAULT" if packet.pts in self.wanted_pts else "NONREF"
-            try:
-                frames = packet.decode() if packet is not None else codec.decode(None)
-            except av.error.FFmpegError:
-                self.decode_errors += trusted  # errors before the first keyframe after a seek are expected
-                frames = []
+            frames, failed = _decode(packet, codec)
+            self.decode_errors += failed and trusted  # errors before the first keyframe after a seek are expected
             for frame in frames:
                 if seeked:
                     if not trusted:
