@@ -34,7 +34,7 @@ setup(
         "accelerate>=1.0",
         "peft>=0.17",
     ],
-    entry_points={"console_scripts": ["storm-hf=storm_hf.train:main"]},
+    entry_points={"console_scripts": ["storm-hf=storm_hf.cli:main"]},
     extras_require={
         # Fine-tuning needs nothing more since 0.1 (accelerate and peft are installed by default); kept so that
         # `pip install "storm_hf[train]"` still works.

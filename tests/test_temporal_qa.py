@@ -93,3 +93,38 @@ def test_bad_arguments_are_refused():
         clip_rng("dev", 0, 0)
     with pytest.raises(ValueError, match="at least 8 frames"):
         make_clip(clip_rng("train", 0, 0), "direction", num_frames=4)
+
+
+def test_stills_answer_every_question_from_one_frame(tmp_path):
+    from storm_hf.temporal_qa import STILL_TASKS, make_still, still_record, write_stills
+
+    rng = np.random.default_rng(0)
+    stills = [make_still(rng) for _ in range(60)]
+    assert {task for s in stills for task, *_ in s.questions} == set(STILL_TASKS)
+    for still in stills:
+        for task, question, answer, options in still.questions:
+            assert answer in options
+            if task == "still_shape":  # the named colour is in the frame
+                assert colour_mask(still.image, question.split()[4]).sum() > 20
+            if task == "still_horizontal":
+                colour = question.split()[2]
+                x = np.argwhere(colour_mask(still.image, colour))[:, 1].mean()
+                assert (x < 24) == (answer == "left")
+    record = still_record(stills[0], "a.png")
+    assert sum(m["role"] == "assistant" for m in record["messages"]) == len(stills[0].questions)
+    assert record["messages"][0]["content"][0] == {"type": "video"}
+    assert all(not any(c.get("type") == "video" for c in m["content"]) for m in record["messages"][2::2])
+
+    from storm_hf import StormProcessor
+    from storm_hf.miniature import mini_config, mini_tokenizer
+    from storm_hf.training import StormDataCollator, load_video_dataset
+
+    path = write_stills(tmp_path, "train", count=3)
+    dataset = load_video_dataset(path)
+    processor = StormProcessor.from_config(mini_config("baseline", 1), tokenizer=mini_tokenizer())
+    batch = StormDataCollator(processor, video_root=str(tmp_path), num_frames=16)([dataset[i] for i in range(3)])
+    assert batch["pixel_values_videos"].shape[:2] == (3, 1)  # a PNG is a one-frame video
+    labelled = [[t for t in row if t != -100] for row in batch["labels"].tolist()]
+    for row, record in zip(labelled, (dataset[i] for i in range(3))):
+        answers = processor.tokenizer.decode(row).split(" <|im_end|>")[:-1]
+        assert [a.strip() for a in answers] == [m["content"] for m in record["messages"][1::2]]

@@ -299,3 +299,18 @@ def test_missing_training_packages_are_named_with_the_fix(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
     with pytest.raises(ImportError, match=r"storm-hf train needs peft.*pip install -e \."):
         train_module.train({"training": {"output_dir": "unused"}})
+
+
+def test_freeze_keeps_whole_parts_fixed_on_top_of_the_stage():
+    from storm_hf.training import freeze_parts
+
+    model = apply_training_stage(tiny_setup()[0], "sft")
+    freeze_parts(model, ["vision_tower", "projector"])
+    counts = trainable_parameters(model)
+    assert counts["vision_tower trainable"] == counts["projector trainable"] == 0
+    assert counts["temporal_encoder trainable"] == counts["temporal_encoder total"] > 0
+    lora = apply_training_stage(tiny_setup()[0], "lora", lora_rank=4)
+    freeze_parts(lora, ["temporal_encoder"])  # PEFT-wrapped names (modules_to_save copies) are found too
+    assert trainable_parameters(lora)["temporal_encoder trainable"] == 0
+    with pytest.raises(ValueError, match="Cannot freeze 'vision'.*the parts are vision_tower, projector"):
+        freeze_parts(model, ["vision"])

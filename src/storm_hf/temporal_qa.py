@@ -36,7 +36,7 @@ import numpy as np
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40),
            "white": (235, 235, 235)}
-SHAPES = ("square", "disc", "cross")
+SHAPES = ("square", "ring", "cross")
 TASKS = ("direction", "first_appeared", "flash_count", "stop_or_reverse", "order_in_window", "colour", "shape")
 TEMPORAL_TASKS = TASKS[:5]
 ANSWERS = {
@@ -50,7 +50,10 @@ ANSWERS = {
 }
 SPLITS = {"train": 1, "validation": 2, "test": 3}
 WINDOW = 4  # frames averaged by temporal pooling k = 4: order_in_window hides its order inside one window
-OBJECT = 10  # side of a shape in pixels at 48 px
+# Side of a shape in pixels at 48 px. 14 px squares, rings and crosses are told apart by the miniature models
+# trained here (about 0.65 after 1000 image-pretraining steps); 10 px squares and filled discs were not (chance
+# after 2000 steps), which left the static controls unanswerable for every arm.
+OBJECT = 14
 
 
 @dataclass
@@ -69,31 +72,46 @@ def _shape_mask(shape: str, side: int) -> np.ndarray:
     y, x = np.mgrid[:side, :side] - (side - 1) / 2
     if shape == "square":
         return np.ones((side, side), bool)
-    if shape == "disc":
-        return x**2 + y**2 <= (side / 2) ** 2
+    if shape == "ring":  # a hollow circle, a quarter of the side thick
+        radius = np.sqrt(x**2 + y**2)
+        return (radius <= side / 2) & (radius >= side / 4)
     return (np.abs(x) <= side / 6) | (np.abs(y) <= side / 6)  # cross
 
 
 class _Canvas:
-    """Frames of a clip: a noisy background plus shapes drawn at given frames and positions."""
+    """Frames of a clip: a noisy background plus shapes drawn at given frames and positions. Distractors are
+    painted first (``behind=True``), so they never hide what a question is about."""
 
     def __init__(self, rng, num_frames, size):
         self.rng, self.num_frames, self.size = rng, num_frames, size
         base = rng.integers(20, 60, size=3)
         self.frames = np.clip(base + rng.normal(0, 12, (num_frames, size, size, 3)), 0, 255)
+        self._front = []  # shapes painted over the distractors, in result()
 
-    def draw(self, t, shape, colour, y, x):
+    def draw(self, t, shape, colour, y, x, behind=False):
+        if not behind:
+            self._front.append((t, shape, colour, y, x))
+            return
         side = OBJECT * self.size // 48
         y0, x0 = int(round(y)), int(round(x))
         y0, x0 = min(max(y0, 0), self.size - side), min(max(x0, 0), self.size - side)
         mask = _shape_mask(shape, side)
         self.frames[t, y0 : y0 + side, x0 : x0 + side][mask] = COLOURS[colour]
 
-    def free_position(self, margin=0):
+    def free_position(self, margin=0, away_from=()):
+        """A random top-left corner; with ``away_from``, one whose shape does not overlap those (at most 20
+        draws, then the last one)."""
         side = OBJECT * self.size // 48
-        return self.rng.uniform(margin, self.size - side - margin, size=2)
+        for _ in range(20):
+            y, x = self.rng.uniform(margin, self.size - side - margin, size=2)
+            if all(abs(y - y2) >= side or abs(x - x2) >= side for y2, x2 in away_from):
+                break
+        return np.array([y, x])
 
     def result(self) -> np.ndarray:
+        for shape in self._front:
+            self.draw(*shape, behind=True)
+        self._front = []
         return self.frames.round().astype(np.uint8)
 
 
@@ -110,7 +128,7 @@ def _add_distractors(canvas, rng, used_colours, count, avoid_shape=None):
         colour, shape = free[rng.integers(len(free))], shapes[rng.integers(len(shapes))]
         (y, x), (dy, dx) = canvas.free_position(), rng.uniform(-0.4, 0.4, size=2)
         for t in range(canvas.num_frames):
-            canvas.draw(t, shape, colour, y + dy * t, x + dx * t)
+            canvas.draw(t, shape, colour, y + dy * t, x + dx * t, behind=True)
 
 
 def make_clip(rng: np.random.Generator, task: str, num_frames: int = 16, size: int = 48) -> Clip:
@@ -137,7 +155,8 @@ def make_clip(rng: np.random.Generator, task: str, num_frames: int = 16, size: i
     elif task in ("first_appeared", "order_in_window"):
         first, second = (colour, other) if rng.random() < 0.5 else (other, colour)
         shapes = {first: shape, second: SHAPES[rng.integers(len(SHAPES))]}
-        positions = {c: canvas.free_position() for c in (first, second)}
+        positions = {first: canvas.free_position()}
+        positions[second] = canvas.free_position(away_from=[positions[first]])
         if task == "first_appeared":  # each stays once it has appeared
             t_first = int(rng.integers(1, num_frames // 2))
             t_second = int(rng.integers(t_first + 2, num_frames - 1))
@@ -253,13 +272,92 @@ def write_split(root, split: str, count: int, seed: int = 0, tasks=TASKS, num_fr
     return path
 
 
+# ----------------------------------------------------------------------------------------------------
+# Stills: single frames with several questions each (the image pretraining of the miniature models)
+# ----------------------------------------------------------------------------------------------------
+
+STILL_TASKS = ("still_shape", "still_colour", "still_horizontal", "still_vertical")
+
+
+@dataclass
+class Still:
+    """One frame (size, size, 3) uint8 with 2-3 shapes and every question it answers:
+    [(task, question, answer, options)]."""
+
+    image: np.ndarray
+    questions: list
+
+
+def make_still(rng: np.random.Generator, size: int = 48) -> Still:
+    """A frame drawn like the clips (noisy background, 2-3 shapes of distinct colours that do not overlap) and its
+    questions: the shape
+    of each object, the colour of each object whose shape is unique, and whether each object clearly off the
+    centre lies left / right and top / bottom. One frame answers all of them: no time involved."""
+    canvas = _Canvas(rng, 1, size)
+    side = OBJECT * size // 48
+    boxes = []  # top-left corners of objects that do not overlap
+    for _ in range(int(rng.integers(2, 4))):
+        y, x = canvas.free_position(away_from=boxes)
+        if all(abs(y - y2) >= side or abs(x - x2) >= side for y2, x2 in boxes):
+            boxes.append((y, x))  # a crowded frame gets fewer objects
+    colours = _pick(rng, list(COLOURS), len(boxes))
+    shapes = [SHAPES[i] for i in rng.integers(0, len(SHAPES), len(boxes))]
+    questions = []
+    for colour, shape, (y, x) in zip(colours, shapes, boxes):
+        canvas.draw(0, shape, colour, y, x)
+        centre_x, centre_y = x + side / 2 - size / 2, y + side / 2 - size / 2
+        questions.append(("still_shape", f"what shape is the {colour} one ?", shape, SHAPES))
+        if shapes.count(shape) == 1:
+            questions.append(("still_colour", f"what colour is the {shape} ?", colour, tuple(COLOURS)))
+        if abs(centre_x) > side / 2:
+            questions.append(("still_horizontal", f"is the {colour} {shape} on the left or right ?",
+                              "left" if centre_x < 0 else "right", ("left", "right")))
+        if abs(centre_y) > side / 2:
+            questions.append(("still_vertical", f"is the {colour} {shape} at the top or bottom ?",
+                              "top" if centre_y < 0 else "bottom", ("top", "bottom")))
+    order = rng.permutation(len(questions))
+    return Still(canvas.result()[0], [questions[i] for i in order])
+
+
+def still_record(still: Still, image: str) -> dict:
+    """A multi-turn training record: the image with the first question, then one turn per further question
+    (every answer is trained on); ``task``/``answer``/``options`` describe the first question."""
+    messages = []
+    for number, (_, question, answer, _) in enumerate(still.questions):
+        content = ([{"type": "video"}] if number == 0 else []) + [{"type": "text", "text": question}]
+        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
+    task, _, answer, options = still.questions[0]
+    return {"video": image, "messages": messages, "task": task, "answer": answer, "options": list(options)}
+
+
+def write_stills(root, split: str, count: int, seed: int = 0, size: int = 48) -> str:
+    """Write ``count`` stills of ``split`` as PNG files under ``root/stills-{split}/`` and their multi-turn
+    records to ``root/stills-{split}.jsonl`` (read back as one-frame videos). Returns the JSONL path."""
+    from PIL import Image
+
+    folder = f"stills-{split}"
+    os.makedirs(os.path.join(root, folder), exist_ok=True)
+    lines = []
+    for i in range(count):
+        still = make_still(np.random.default_rng([SPLITS[split], seed, i, 1]), size)
+        image = f"{folder}/{i:06d}.png"
+        Image.fromarray(still.image).save(os.path.join(root, image))
+        lines.append(json.dumps(still_record(still, image)))
+    path = os.path.join(root, f"stills-{split}.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
 def vocabulary() -> list[str]:
-    """Every word the questions and answers use (for a word-level tokenizer)."""
+    """Every word the questions and answers use, stills included (for a word-level tokenizer)."""
     words = {"which", "way", "does", "the", "move", "?", "appears", "first", ",", "or", "flashes", "how", "many",
-             "times", "flash", "continue", "stop", "reverse", "what", "colour", "is", "shape", "one"}
+             "times", "flash", "continue", "stop", "reverse", "what", "colour", "is", "shape", "one", "on", "at",
+             "top", "bottom", "left", "right"}
     words |= set(COLOURS) | set(SHAPES) | {w for answers in ANSWERS.values() for w in answers}
     return sorted(words)
 
 
 __all__ = ["Clip", "make_clip", "generate", "write_split", "write_video", "record", "vocabulary", "clip_rng",
+           "Still", "make_still", "still_record", "write_stills", "STILL_TASKS",
            "TASKS", "TEMPORAL_TASKS", "ANSWERS", "COLOURS", "SHAPES", "SPLITS", "WINDOW"]

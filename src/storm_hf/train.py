@@ -9,6 +9,8 @@ CONFIG is a JSON or YAML file::
     video_root: data                 # video paths in the records are relative to this
     num_frames: 32
     stage: lora                      # alignment | sft | lora
+    freeze: [vision_tower]           # optional: parts kept fixed on top of the stage (vision_tower, projector,
+                                     # temporal_encoder, language_model, lm_head)
     lora: {rank: 16, alpha: 32, dropout: 0.05}
     merge_lora: false                # also write a merged full checkpoint to OUTPUT_DIR/merged
     resume: auto                     # auto (last checkpoint in output_dir, if any) | a path | false
@@ -27,7 +29,6 @@ Under `accelerate launch --num_processes N -m storm_hf.train CONFIG` the same co
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -160,7 +161,8 @@ def train(config: dict, callbacks=None):
 
     from .modeling_storm import StormForConditionalGeneration
     from .processing_storm import StormProcessor
-    from .training import StormDataCollator, apply_training_stage, load_video_dataset, trainable_parameters
+    from .training import (StormDataCollator, apply_training_stage, freeze_parts, load_video_dataset,
+                           trainable_parameters)
 
     training = dict(config.get("training", {}))
     if "output_dir" not in training:
@@ -203,6 +205,7 @@ def train(config: dict, callbacks=None):
     lora = config.get("lora", {})
     model = apply_training_stage(model, stage, lora_rank=lora.get("rank", 16),
                                  lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.05))
+    freeze_parts(model, config.get("freeze") or [])
     if args.gradient_checkpointing and stage == "lora":
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     if main_process:
@@ -243,13 +246,11 @@ def train(config: dict, callbacks=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="storm-hf", description="STORM tools")
-    commands = parser.add_subparsers(dest="command", required=True)
-    train_parser = commands.add_parser("train", help="fine-tune with a JSON/YAML config (see storm_hf.train)")
-    train_parser.add_argument("config")
-    args = parser.parse_args(argv)
-    if args.command == "train":
-        train(load_config(args.config))
+    """`storm-hf` (see `storm_hf.cli`); kept here so that `python -m storm_hf.train CONFIG` and
+    `accelerate launch -m storm_hf.train CONFIG` work."""
+    from .cli import main as cli
+
+    return cli(argv)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,20 @@ def apply_training_stage(model, stage: str, lora_rank: int = 16, lora_alpha: int
     return get_peft_model(model, lora)
 
 
+PARTS = ("vision_tower", "projector", "temporal_encoder", "language_model", "lm_head")
+
+
+def freeze_parts(model, parts) -> None:
+    """Freeze whole parts of a (possibly PEFT-wrapped) STORM model on top of its stage, e.g.
+    ``["vision_tower"]`` to keep a pretrained image encoder fixed during sft. Unknown names raise a ValueError."""
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"Cannot freeze {', '.join(map(repr, unknown))}: the parts are {', '.join(PARTS)}.")
+    for name, parameter in model.named_parameters():
+        if any(f".{part}." in f".{name}" for part in parts):
+            parameter.requires_grad_(False)
+
+
 def trainable_parameters(model) -> dict[str, int]:
     """Trainable and total parameter counts per top-level part (vision_tower, projector, temporal_encoder,
     language_model, lm_head, lora) and overall."""
@@ -197,5 +211,6 @@ def trainable_parameters(model) -> dict[str, int]:
     return summary
 
 
-__all__ = ["load_video_dataset", "VideoQADataset", "StormDataCollator", "apply_training_stage", "trainable_parameters", "STAGES",
+__all__ = ["load_video_dataset", "VideoQADataset", "StormDataCollator", "apply_training_stage", "freeze_parts",
+           "trainable_parameters", "STAGES", "PARTS",
            "IGNORE_INDEX"]

@@ -1,0 +1,42 @@
+# Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
+"""The `storm-hf` command: `storm-hf train CONFIG` (storm_hf.train) and `storm-hf demo ...` (storm_hf.demo)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+COMMANDS = {
+    "train": "fine-tune with a JSON/YAML config (see storm_hf.train)",
+    "demo": "ask a model about a video; without arguments, run held-out benchmark clips (see storm_hf.demo)",
+}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser = argparse.ArgumentParser(prog="storm-hf", description="STORM tools")
+        commands = parser.add_subparsers(dest="command", required=True)
+        for name, text in COMMANDS.items():
+            commands.add_parser(name, help=text, add_help=False)
+        parser.parse_args(argv)  # prints the usage and exits: no command, or an unknown one
+        return None
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from .train import load_config, train
+
+        parser = argparse.ArgumentParser(prog="storm-hf train", description=COMMANDS["train"])
+        parser.add_argument("config")
+        args = parser.parse_args(rest)
+        return train(load_config(args.config))
+    from .demo import main as demo
+
+    try:
+        return demo(rest)
+    except (ValueError, OSError) as error:  # bad video, bad checkpoint, missing file: the message says what
+        print(f"storm-hf demo: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+# Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
+"""`storm-hf demo`: ask a STORM model about a video and show what it saw and where the time went.
+
+    storm-hf demo                                   # a few held-out benchmark clips: question, expected, given
+    storm-hf demo --task order_in_window --seed 3   # one generated benchmark clip, with the full report
+    storm-hf demo --video clip.mp4 --question "which way does the white square move ?"
+
+The model is the bundled one (`storm_hf.miniature.BUNDLED_MODEL`, trained on `storm_hf.temporal_qa`) unless
+``--model`` names another checkpoint folder or Hub id. The report gives the answer, the frames sampled with
+their timestamps, the visual tokens before and after token reduction, and the time of each stage (video
+decode, vision tower, projector, temporal encoder, token reduction, LLM prefill, decode), each stage run by
+the model's own stage methods (`StormModel.run_vision_tower`, `projector`, `encode_in_time`, `reduce_tokens`)
+and the LLM through `generate()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class DemoAnswer:
+    """What one question gave: the answer, the frames used, token counts and seconds per stage."""
+
+    answer: str
+    frame_indices: list
+    timestamps: list
+    tokens_before: int
+    tokens_after: int
+    seconds: dict = field(default_factory=dict)
+    new_tokens: int = 0
+
+
+class _TokenClock:
+    """A `generate()` streamer that notes when the prompt goes in and when each new token comes out."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def load(model_name_or_path=None, device="cpu"):
+    """(model, processor) from a checkpoint folder or Hub id; the bundled model when None."""
+    from .miniature import BUNDLED_MODEL
+    from .modeling_storm import StormForConditionalGeneration
+    from .processing_storm import StormProcessor
+
+    path = model_name_or_path or BUNDLED_MODEL
+    if path == BUNDLED_MODEL and not os.path.isfile(os.path.join(path, "model.safetensors")):
+        raise FileNotFoundError(f"The bundled model is missing from this installation ({path}); rebuild it with "
+                                "`python benchmarks/temporal_qa.py --bundle` or pass --model.")
+    model = StormForConditionalGeneration.from_pretrained(path).to(device).eval()
+    processor = StormProcessor.from_pretrained(path)
+    return model, processor
+
+
+def set_sampling_stride(model, processor, stride: int):
+    """Test-time temporal sampling ``s`` on both the model and the processor, so token counts agree."""
+    if stride < 1:
+        raise ValueError(f"The sampling stride must be a positive integer, got {stride}.")
+    model.config.temporal_sample_s = stride
+    processor.temporal_sample_s = stride
+
+
+@torch.inference_mode()
+def ask(model, processor, video, question: str, num_frames: int | None = None, max_new_tokens: int = 8) -> DemoAnswer:
+    """Answer ``question`` about ``video`` (anything the processor takes), stage by stage."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    seconds = {}
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    kwargs = {} if num_frames is None else {"num_frames": num_frames}
+    start = time.perf_counter()
+    inputs = processor(text=prompt, videos=[video], return_metadata=True, return_tensors="pt", **kwargs)
+    seconds["video decode"] = time.perf_counter() - start
+    metadata = inputs["video_metadata"][0]
+    stages = model.model
+    frames = inputs["pixel_values_videos"][0, : int(inputs["video_num_frames"][0])].to(model.device, model.dtype)
+
+    start = time.perf_counter()
+    patches = stages.select_patch_features(stages.run_vision_tower(frames))  # (frames, patches, vision_dim)
+    seconds["vision tower"] = time.perf_counter() - start
+    start = time.perf_counter()
+    tokens = stages.projector(patches)  # (frames, tokens per frame, dim)
+    seconds["projector"] = time.perf_counter() - start
+    start = time.perf_counter()
+    encoded = stages.encode_in_time([tokens])[0]  # (frames, tokens per frame, dim)
+    seconds["temporal encoder"] = time.perf_counter() - start
+    start = time.perf_counter()
+    reduced = stages.reduce_tokens(encoded[None])[0]  # (frames', tokens', dim)
+    seconds["token reduction"] = time.perf_counter() - start
+    features = reduced.flatten(0, 1)  # (visual tokens, dim): what the placeholders receive
+
+    clock = _TokenClock()
+    output = model.generate(
+        input_ids=inputs["input_ids"].to(model.device), attention_mask=inputs["attention_mask"].to(model.device),
+        mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=[features])},
+        max_new_tokens=max_new_tokens, do_sample=False, streamer=clock,
+    )
+    new = output[0, inputs["input_ids"].shape[1]:]
+    # clock.times: [prompt given, first new token, second, ...]
+    seconds["LLM prefill"] = clock.times[1] - clock.times[0]
+    seconds["decode"] = clock.times[-1] - clock.times[1] if len(clock.times) > 2 else 0.0
+    return DemoAnswer(
+        answer=processor.decode(new, skip_special_tokens=True).strip(),
+        frame_indices=list(metadata.frames_indices),
+        timestamps=list(metadata.timestamps or []),
+        tokens_before=int(tokens.shape[0] * tokens.shape[1]),
+        tokens_after=int(features.shape[0]),
+        seconds=seconds,
+        new_tokens=max(0, len(clock.times) - 1),
+    )
+
+
+def _unknown_words(processor, question: str) -> list[str]:
+    unknown = processor.tokenizer.unk_token_id
+    if unknown is None:
+        return []
+    words = question.split()
+    return [w for w in words if processor.tokenizer.convert_tokens_to_ids(w) == unknown]
+
+
+def _report(result: DemoAnswer, model, header: str):
+    c = model.config
+    print(header)
+    print(f"answer: {result.answer}")
+    shown = ", ".join(f"{i} ({t:.2f} s)" for i, t in zip(result.frame_indices, result.timestamps)) or \
+        ", ".join(map(str, result.frame_indices))
+    print(f"frames sampled ({len(result.frame_indices)}): {shown}")
+    print(f"visual tokens: {result.tokens_before} before reduction ({len(result.frame_indices)} frames x "
+          f"{c.tokens_per_frame}), {result.tokens_after} after (temporal pool k={c.temporal_pool_k}, spatial pool "
+          f"p={c.spatial_pool_p}, sampling s={c.temporal_sample_s}): {result.tokens_before / result.tokens_after:.1f}x "
+          "fewer")
+    print("time per stage:")
+    for stage, value in result.seconds.items():
+        extra = f" ({result.new_tokens - 1} tokens after the first)" if stage == "decode" else ""
+        print(f"  {stage:18s} {value * 1000:8.1f} ms{extra}")
+
+
+def _held_out_clips(count: int, seed: int):
+    from .temporal_qa import TASKS, clip_rng, make_clip
+
+    return [make_clip(clip_rng("test", seed, i), TASKS[i % len(TASKS)]) for i in range(count)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="storm-hf demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint folder or Hub id (default: the bundled model)")
+    parser.add_argument("--video", help="a video file (any container / codec PyAV reads) or a still image")
+    parser.add_argument("--question", help="the question (needed with --video)")
+    parser.add_argument("--task", help="generate one held-out benchmark clip of this question type")
+    parser.add_argument("--seed", type=int, default=0, help="which generated clip (with --task, or without arguments)")
+    parser.add_argument("--clips", type=int, default=7, help="held-out clips to run without arguments (default 7)")
+    parser.add_argument("--num-frames", type=int, help="frames sampled from the video (default: the processor's)")
+    parser.add_argument("--sampling-stride", type=int, help="test-time temporal sampling s (model and processor)")
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    args = parser.parse_args(argv)
+    if args.video and args.task:
+        parser.error("give --video or --task, not both")
+    if args.video and not args.question:
+        parser.error("--video needs --question")
+    if args.video and not os.path.exists(args.video):
+        parser.error(f"--video {args.video}: no such file")
+    torch.manual_seed(0)
+    model, processor = load(args.model)
+    if args.sampling_stride is not None:
+        set_sampling_stride(model, processor, args.sampling_stride)
+    name = args.model or "the bundled model (storm_hf.miniature.BUNDLED_MODEL)"
+    print(f"model: {name}")
+
+    if args.video or args.task:
+        with tempfile.TemporaryDirectory() as folder:
+            if args.video:
+                video, question, expected = args.video, args.question, None
+            else:
+                from .temporal_qa import TASKS, clip_rng, make_clip, write_video
+
+                if args.task not in TASKS:
+                    parser.error(f"--task must be one of {', '.join(TASKS)}")
+                clip = make_clip(clip_rng("test", args.seed, 0), args.task)
+                video = write_video(os.path.join(folder, "clip.mp4"), clip.frames)
+                question, expected = args.question or clip.question, None if args.question else clip.answer
+            unknown = _unknown_words(processor, question)
+            if unknown:
+                print(f"note: the tokenizer does not know {', '.join(unknown)}; this model was trained on its "
+                      "benchmark's words only")
+            ask(model, processor, video, question, args.num_frames, args.max_new_tokens)  # warm-up
+            result = ask(model, processor, video, question, args.num_frames, args.max_new_tokens)
+            header = f"video: {args.video or f'generated {args.task} clip (test split, seed {args.seed})'}\n" \
+                     f"question: {question}" + (f"\nexpected: {expected}" if expected else "")
+            _report(result, model, header)
+        return result
+
+    clips = _held_out_clips(args.clips, args.seed)
+    results, correct = [], 0
+    with tempfile.TemporaryDirectory() as folder:
+        from .temporal_qa import write_video
+
+        for number, clip in enumerate(clips):
+            video = write_video(os.path.join(folder, f"{number}.mp4"), clip.frames)
+            if number == 0:
+                ask(model, processor, video, clip.question, args.num_frames, args.max_new_tokens)  # warm-up
+            result = ask(model, processor, video, clip.question, args.num_frames, args.max_new_tokens)
+            results.append(result)
+            correct += result.answer == clip.answer
+            print(f"[{clip.task}] {clip.question}\n    expected: {clip.answer:10s} given: {result.answer}"
+                  f"{'' if result.answer == clip.answer else '   (wrong)'}")
+    print(f"{correct} of {len(clips)} correct (held-out test clips, seed {args.seed})")
+    first = results[0]
+    print(f"visual tokens per clip: {first.tokens_before} before reduction, {first.tokens_after} after "
+          f"({first.tokens_before / first.tokens_after:.1f}x fewer)")
+    print(f"time per stage, median over the {len(results)} clips:")
+    for stage in first.seconds:
+        print(f"  {stage:18s} {statistics.median(r.seconds[stage] for r in results) * 1000:8.1f} ms")
+    return results
+
+
+__all__ = ["ask", "load", "set_sampling_stride", "DemoAnswer", "main"]

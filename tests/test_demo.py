@@ -1,0 +1,88 @@
+"""`storm-hf demo`: held-out clips with expected and given answers; one clip or any video with the full report
+(answer, frames and timestamps, tokens before and after reduction, time per stage); clear errors."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from storm_hf.miniature import build_initial_checkpoint, mini_config
+from storm_hf.tiny import write_clip
+
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+STAGES = ("video decode", "vision tower", "projector", "temporal encoder", "token reduction", "LLM prefill", "decode")
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def demo(*args, check=True):
+    """`storm-hf demo ARGS` in this process (the console script is tested once, below)."""
+    import contextlib
+    import io
+
+    from storm_hf.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(["demo", *args])
+        except SystemExit as exit:
+            code = exit.code
+    if check:
+        assert code == 0, err.getvalue()[-3000:]
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    return str(build_initial_checkpoint(tmp_path_factory.mktemp("demo") / "model", mini_config("storm", 4)))
+
+
+def test_held_out_clips_show_question_expected_and_given(untrained):
+    out = demo("--model", untrained, "--clips", "3").stdout
+    assert len(re.findall(r"^\[\w+\] .+\?$", out, flags=re.M)) == 3
+    assert len(re.findall(r"expected: \w+ +given: ", out)) == 3
+    assert re.search(r"\d of 3 correct \(held-out test clips, seed 0\)", out)
+    assert "visual tokens per clip: 256 before reduction, 64 after (4.0x fewer)" in out
+    for stage in STAGES:
+        assert re.search(rf"^  {stage} +\d+\.\d ms$", out, flags=re.M), stage
+
+
+def test_one_generated_clip_with_sampling_gives_the_full_report(untrained):
+    out = demo("--model", untrained, "--task", "order_in_window", "--seed", "2", "--sampling-stride", "2").stdout
+    assert "question: which flashes first" in out and re.search(r"^expected: \w+$", out, flags=re.M)
+    assert re.search(r"^answer: ", out, flags=re.M)
+    assert "frames sampled (16): 0 (0.00 s), 1 (0.12 s), 2 (0.25 s)" in out
+    assert "256 before reduction (16 frames x 16), 32 after (temporal pool k=4, spatial pool p=1, sampling s=2)" in out
+    for stage in STAGES:
+        assert re.search(rf"^  {stage} +\d+\.\d ms", out, flags=re.M), stage
+
+
+def test_any_video_file(untrained, tmp_path):
+    clip = write_clip(tmp_path / "square.mp4", num_frames=48, size=64)
+    out = demo("--model", untrained, "--video", str(clip), "--question", "which way does the white square move ?",
+               "--num-frames", "8").stdout
+    assert "frames sampled (8): 3 (0.12 s), 9 (0.38 s)" in out  # segment centres of 48 frames at 24 fps
+    assert "128 before reduction (8 frames x 16), 32 after" in out
+    out = demo("--model", untrained, "--video", str(clip), "--question", "what is the juggler doing ?").stdout
+    assert "note: the tokenizer does not know juggler, doing" in out
+
+
+def test_bad_arguments_and_bad_files_are_refused_clearly(untrained, tmp_path):
+    result = demo("--model", untrained, "--video", str(tmp_path / "none.mp4"), "--question", "q ?", check=False)
+    assert result.returncode == 2 and "no such file" in result.stderr
+    result = demo("--model", untrained, "--video", str(tmp_path / "none.mp4"), check=False)
+    assert result.returncode == 2 and "--video needs --question" in result.stderr
+    result = demo("--model", untrained, "--task", "juggling", check=False)
+    assert result.returncode == 2 and "--task must be one of direction" in result.stderr
+    (tmp_path / "notes.mp4").write_text("not a video")
+    result = demo("--model", untrained, "--video", str(tmp_path / "notes.mp4"), "--question", "q ?", check=False)
+    assert result.returncode == 1 and "notes.mp4" in result.stderr and "Traceback" not in result.stderr
+    result = demo("--model", str(tmp_path / "missing-model"), check=False)
+    assert result.returncode == 1 and "missing-model" in result.stderr and "Traceback" not in result.stderr
