@@ -19,6 +19,8 @@ setup(
     license="Apache-2.0",
     package_dir={"": "src"},
     packages=["storm_hf"],
+    # The bundled trained model (storm_hf.miniature.BUNDLED_MODEL): safetensors, config, tokenizer, processor.
+    package_data={"storm_hf": ["bundled/*/*"]},
     python_requires=">=3.10",
     install_requires=[
         # On a CPU-only machine install torch==2.13.0 first (see the README): an unpinned torch pulls CUDA wheels.

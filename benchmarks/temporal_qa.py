@@ -5,17 +5,22 @@ need time (storm_hf.temporal_qa), trained from scratch on this CPU through `stor
     python benchmarks/temporal_qa.py --quick    # a smaller table: 1 seed, fewer steps
     python benchmarks/temporal_qa.py --bundle   # train the bundled model (storm_hf.miniature.BUNDLED_MODEL)
 
-Recipe, the same for every arm:
+Recipe (all stages through `storm-hf train`, stage sft, from scratch; the image encoder is frozen once it has
+been pretrained):
 1. Data: benchmark clips (train / validation / test seeds are disjoint) written as H.264 files, and stills
    (single frames with several questions each: shape, colour, left/right, top/bottom) written as PNG files.
-2. Image pretraining (shared by all arms, like the paper's pretrained SigLIP and Qwen2): a model without
-   temporal encoder trained on the stills (one-frame videos), all parameters.
-3. Video training per arm and seed: the pretrained image encoder, projector and LLM, a freshly initialised
-   temporal encoder (none for the baseline), the arm's token reduction; `storm-hf train` (stage sft, image
-   encoder frozen) on the training clips.
-4. Evaluation on the test clips by option log-likelihood (storm_hf.evaluation), at the trained setting and
-   with test-time temporal sampling s = 2; accuracy per question type.
-5. LLM prefill time per setting, measured side by side in this process (interleaved, medians).
+2. Image pretraining, shared: a model without temporal encoder learns to see on the stills (one-frame
+   videos), all parameters; the stand-in for the paper's pretrained SigLIP and Qwen2.
+3. Video pretraining, shared: that model, still without temporal encoder and without token reduction (the
+   VILA-style baseline at k = 1), trained on the training clips. The arms are too short (a few hundred steps,
+   to fit 27 of them in the time) to learn to read time from scratch; this stage gives every arm the same
+   start, and it is the baseline's own design, so it favours the baseline, not STORM.
+4. Per arm and seed: that model's weights in the arm's layout, a new temporal encoder (none for the
+   baseline) whose output projections start at zero (so every arm starts as the same function), the arm's
+   token reduction; trained on the training clips.
+5. Evaluation on the test clips by option log-likelihood (storm_hf.evaluation), at the trained setting and
+   with test-time temporal sampling s = 2, each video decoded once; accuracy per question type.
+6. LLM prefill time per setting, measured side by side in this process (interleaved, medians).
 
 Arms: baseline (no temporal encoder, VILA-style), STORM (bidirectional), STORM forward-only; reductions:
 none (k=1), temporal pooling k=4, spatial pooling p=2 (the same 25% token budget as k=4).
@@ -42,11 +47,11 @@ REDUCTIONS = {"k=1": {"temporal_pool_k": 1, "spatial_pool_p": 1}, "k=4": {"tempo
               "p=2": {"temporal_pool_k": 1, "spatial_pool_p": 2}}
 ARM_NAMES = ("baseline", "storm", "storm-forward")
 
-FULL = dict(train_clips=3072, test_clips=1050, validation_clips=350, stills=8000, base_steps=2000, steps=400,
-            seeds=(0, 1, 2), arms=ARM_NAMES, reductions=tuple(REDUCTIONS))
-QUICK = dict(train_clips=1024, test_clips=350, validation_clips=70, stills=3000, base_steps=600, steps=150,
-             seeds=(0,), arms=ARM_NAMES, reductions=("k=1", "k=4"))
-BUNDLE = dict(steps=1600)
+FULL = dict(train_clips=3072, test_clips=700, validation_clips=350, stills=8000, image_steps=1500, video_steps=1200,
+            steps=220, seeds=(0, 1, 2), arms=ARM_NAMES, reductions=tuple(REDUCTIONS))
+QUICK = dict(train_clips=1024, test_clips=350, validation_clips=70, stills=3000, image_steps=600, video_steps=300,
+             steps=100, seeds=(0,), arms=ARM_NAMES, reductions=("k=1", "k=4"))
+BUNDLE = dict(steps=2000)
 
 NUM_FRAMES = 16
 BATCH = 16
@@ -69,7 +74,7 @@ def write_data(root, settings):
     jobs = [("train", settings["train_clips"]), ("test", settings["test_clips"]),
             ("validation", settings["validation_clips"])]
     done = os.path.join(root, "done.json")
-    wanted = {"clips": jobs, "stills": settings["stills"]}
+    wanted = {"clips": jobs, "stills": settings["stills"], "generator": generator_id()}
     if os.path.exists(done) and json.load(open(done)) == json.loads(json.dumps(wanted)):
         log(f"data: reusing {root}")
         return
@@ -83,14 +88,23 @@ def write_data(root, settings):
     log(f"data: {sum(c for _, c in jobs)} clips and {settings['stills']} stills in {time.perf_counter() - start:.0f} s")
 
 
+def generator_id() -> str:
+    """A digest of the benchmark generator's source: data and models made by another version are not reused."""
+    import hashlib
+
+    import storm_hf.temporal_qa
+
+    return hashlib.sha256(open(storm_hf.temporal_qa.__file__, "rb").read()).hexdigest()[:16]
+
+
 def training_config(model_dir, train_file, data_root, output_dir, steps, seed, batch=BATCH, freeze=None,
-                    threads=1):
+                    learning_rate=LEARNING_RATE):
     return {
         "model": model_dir, "train_file": train_file, "video_root": data_root, "num_frames": NUM_FRAMES,
         "stage": "sft", "freeze": freeze or [], "resume": False,
         "training": {
             "output_dir": output_dir, "max_steps": steps, "per_device_train_batch_size": batch,
-            "learning_rate": LEARNING_RATE, "warmup_steps": max(1, steps // 20), "lr_scheduler_type": "cosine",
+            "learning_rate": learning_rate, "warmup_steps": max(1, steps // 20), "lr_scheduler_type": "cosine",
             "weight_decay": 0.01, "max_grad_norm": 1.0, "seed": seed, "data_seed": seed,
             "logging_steps": max(1, steps // 10), "save_strategy": "no", "report_to": [],
             "dataloader_num_workers": 0, "disable_tqdm": True,
@@ -111,26 +125,62 @@ def run_train(config, path, threads):
     return result.stdout
 
 
+def shared_stage(work, name, init, train_file, steps, batch, wanted, threads):
+    """Train ``init`` for ``steps`` into WORK/name (kept between runs with the same ``wanted`` settings)."""
+    out = os.path.join(work, name)
+    stamp = os.path.join(work, name + ".json")
+    if os.path.exists(os.path.join(out, "model.safetensors")) and os.path.exists(stamp) and \
+            {k: json.load(open(stamp)).get(k) for k in wanted} == wanted:
+        log(f"{name}: reusing {out}")
+        return out
+    data = os.path.join(work, "data")
+    start = time.perf_counter()
+    text = run_train(training_config(init, os.path.join(data, train_file), data, out, steps, seed=0, batch=batch,
+                                     freeze=["vision_tower"] if name != "image-pretrained" else []),
+                     os.path.join(work, name + "-train.json"), threads)
+    seconds = time.perf_counter() - start
+    json.dump({**wanted, "seconds": seconds, "log": text.strip().splitlines()[-1]}, open(stamp, "w"))
+    log(f"{name}: {steps} steps in {seconds:.0f} s; {text.strip().splitlines()[-1][:160]}")
+    return out
+
+
 def pretrain_images(work, settings, threads):
+    """Stage 2: a model without temporal encoder trained on the stills; its accuracy on held-out stills."""
+    from storm_hf.demo import load
+    from storm_hf.evaluation import evaluate
+    from storm_hf.miniature import build_initial_checkpoint, mini_config
+    from storm_hf.temporal_qa import write_stills
+    from storm_hf.training import load_video_dataset
+
+    init = build_initial_checkpoint(os.path.join(work, "image-init"), mini_config("baseline", 1), seed=0,
+                                    num_frames=NUM_FRAMES)
+    out = shared_stage(work, "image-pretrained", init, "stills-train.jsonl", settings["image_steps"], 2 * BATCH,
+                       {"steps": settings["image_steps"], "stills": settings["stills"], "generator": generator_id()},
+                       threads)
+    data = os.path.join(work, "data")
+    held_out = load_video_dataset(write_stills(data, "validation", 400))
+    first_questions = [dict(r, messages=r["messages"][:2]) for r in (held_out[i] for i in range(len(held_out)))]
+    model, processor = load(out)
+    result = evaluate(model, processor, first_questions, video_root=data, batch_size=64)
+    log("image-pretrained: held-out stills accuracy " + f"{result.accuracy:.3f} (" +
+        ", ".join(f"{t} {a:.2f}" for t, a in sorted(result.accuracy_by_task.items())) + ")")
+    return out, {"accuracy": result.accuracy, "by_task": result.accuracy_by_task}
+
+
+def pretrain_video(work, settings, image_model, threads):
+    """Stage 3: the image model as the VILA-style baseline at k = 1 (no temporal encoder), on the clips."""
     from storm_hf.miniature import build_initial_checkpoint, mini_config
 
-    out = os.path.join(work, "image-pretrained")
-    stamp = os.path.join(work, "image-pretrained.json")
-    wanted = {"steps": settings["base_steps"], "stills": settings["stills"]}
-    if os.path.exists(os.path.join(out, "model.safetensors")) and os.path.exists(stamp) and \
-            json.load(open(stamp)) == wanted:
-        log(f"image pretraining: reusing {out}")
-        return out
-    init = build_initial_checkpoint(os.path.join(work, "image-init"), mini_config("baseline", 1, 1), seed=0,
-                                    num_frames=NUM_FRAMES)
-    start = time.perf_counter()
-    config = training_config(init, os.path.join(work, "data", "stills-train.jsonl"), os.path.join(work, "data"),
-                             out, settings["base_steps"], seed=0, batch=2 * BATCH)
-    text = run_train(config, os.path.join(work, "image-pretrain.json"), threads)
-    log(f"image pretraining: {settings['base_steps']} steps in {time.perf_counter() - start:.0f} s; "
-        f"{text.strip().splitlines()[-1][:200]}")
-    json.dump(wanted, open(stamp, "w"))
-    return out
+    init = build_initial_checkpoint(os.path.join(work, "video-init"), mini_config("baseline", 1), seed=0,
+                                    num_frames=NUM_FRAMES, weights_from=image_model)
+    out = shared_stage(work, "video-pretrained", init, "train.jsonl", settings["video_steps"], BATCH,
+                       {"steps": settings["video_steps"], "image_steps": settings["image_steps"],
+                        "clips": settings["train_clips"], "generator": generator_id()}, threads)
+    evaluation = evaluate_run(out, os.path.join(work, "data"), os.path.join(work, "data", "validation.jsonl"),
+                              strides=(1,))["s=1"]
+    log(f"video-pretrained: validation accuracy {evaluation['accuracy']:.3f} (" +
+        ", ".join(f"{t} {a:.2f}" for t, a in evaluation["by_task"].items()) + ")")
+    return out, {"accuracy": evaluation["accuracy"], "by_task": evaluation["by_task"]}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -146,40 +196,43 @@ def build_arm(base, arm, reduction, seed, out):
 
 
 def evaluate_run(run_dir, data_root, test_file, strides=(1, 2)):
-    from storm_hf.demo import load, set_sampling_stride
-    from storm_hf.evaluation import evaluate
+    """Accuracy on ``test_file`` at each test-time sampling stride (each video decoded once)."""
+    from storm_hf.demo import load
+    from storm_hf.evaluation import evaluate_strides
 
     model, processor = load(run_dir)
-    out = {}
-    for s in strides:
-        set_sampling_stride(model, processor, s)
-        start = time.perf_counter()
-        result = evaluate(model, processor, test_file, video_root=data_root, num_frames=NUM_FRAMES, batch_size=32)
-        out[f"s={s}"] = {"accuracy": result.accuracy, "by_task": result.accuracy_by_task,
-                         "visual_tokens": result.visual_tokens, "seconds": time.perf_counter() - start,
-                         "predictions": [(p["index"], p["prediction"]) for p in result.predictions]}
-    return out
+    start = time.perf_counter()
+    results = evaluate_strides(model, processor, test_file, strides, video_root=data_root, num_frames=NUM_FRAMES,
+                               batch_size=32)
+    seconds = time.perf_counter() - start
+    return {f"s={s}": {"accuracy": r.accuracy, "by_task": r.accuracy_by_task, "visual_tokens": r.visual_tokens,
+                       "seconds": seconds, "predictions": [(p["index"], p["prediction"]) for p in r.predictions]}
+            for s, r in results.items()}
 
 
 def run_job(job):
     """Train and evaluate one (arm, reduction, seed); runs in a worker thread, training in a subprocess."""
     work, base, arm, reduction, seed, steps, threads = (job[k] for k in
                                                         ("work", "base", "arm", "reduction", "seed", "steps", "threads"))
+    batch, learning_rate = job.get("batch", BATCH), job.get("learning_rate", LEARNING_RATE)
     name = f"{arm}_{reduction.replace('=', '')}_seed{seed}"
     run_dir = os.path.join(work, "runs", name)
     result_file = os.path.join(run_dir, "result.json")
-    if os.path.exists(result_file) and json.load(open(result_file)).get("steps") == steps:
+    wanted = {"steps": steps, "batch": batch, "base_stamp": json.load(open(base + ".json"))}
+    if os.path.exists(result_file) and {k: json.load(open(result_file)).get(k) for k in wanted} == wanted:
         return json.load(open(result_file))  # this run is done (an interrupted table resumes here)
     shutil.rmtree(run_dir, ignore_errors=True)
     init = build_arm(base, arm, reduction, seed, os.path.join(work, "runs", name + "-init"))
     data = os.path.join(work, "data")
     start = time.perf_counter()
-    text = run_train(training_config(init, os.path.join(data, "train.jsonl"), data, run_dir, steps, seed,
-                                     freeze=["vision_tower"]), os.path.join(work, "runs", name + ".json"), threads)
+    text = run_train(training_config(init, os.path.join(data, "train.jsonl"), data, run_dir, steps, seed, batch=batch,
+                                     freeze=["vision_tower"], learning_rate=learning_rate),
+                     os.path.join(work, "runs", name + ".json"), threads)
     train_seconds = time.perf_counter() - start
     torch.set_num_threads(threads)
     evaluation = evaluate_run(run_dir, data, os.path.join(data, "test.jsonl"))
-    result = {"arm": arm, "reduction": reduction, "seed": seed, "steps": steps, "train_seconds": train_seconds,
+    result = {**wanted, "arm": arm, "reduction": reduction, "seed": seed,
+              "learning_rate": learning_rate, "train_seconds": train_seconds,
               "train_log": text.strip().splitlines()[-1], **evaluation}
     json.dump(result, open(result_file, "w"))
     shutil.rmtree(init, ignore_errors=True)
@@ -256,9 +309,24 @@ def summarise(results, prefill, tasks):
     return rows
 
 
-def markdown(rows, tasks):
+def chance_row(test_file, tasks):
+    """Expected accuracy of a uniform guess among each question's options, per task."""
+    from storm_hf.temporal_qa import TEMPORAL_TASKS
+    from storm_hf.training import load_video_dataset
+
+    dataset = load_video_dataset(test_file)
+    records = [dataset[i] for i in range(len(dataset))]
+    per_task = {t: float(np.mean([1 / len(r["options"]) for r in records if r["task"] == t])) for t in tasks}
+    per_task["temporal"] = float(np.mean([per_task[t] for t in TEMPORAL_TASKS]))
+    per_task["all"] = float(np.mean([1 / len(r["options"]) for r in records]))
+    return per_task
+
+
+def markdown(rows, tasks, chance=None):
     head = ["arm", "reduction", "visual tokens", "prefill ms"] + tasks + ["temporal mean", "all"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if chance:
+        lines.append("| chance | | | | " + " | ".join(f"{chance[t]:.2f}" for t in tasks + ["temporal", "all"]) + " |")
     for r in rows:
         cells = [r["arm"], r["reduction"], str(r["visual_tokens"]), f"{r['prefill_ms']:.2f}"]
         for task in tasks + ["temporal", "all"]:
@@ -276,20 +344,18 @@ def main():
     parser.add_argument("--output", default=None, help="JSON results (default: WORK/results.json)")
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once (default 2)")
     parser.add_argument("--steps", type=int, help="video training steps per run (overrides the mode's)")
-    parser.add_argument("--base-steps", type=int, help="image pretraining steps (overrides the mode's)")
-    parser.add_argument("--base-only", action="store_true", help="stop after the data and the image pretraining")
+    parser.add_argument("--base-only", action="store_true", help="stop after the data and the shared stages")
     args = parser.parse_args()
     settings = dict(QUICK if args.quick else FULL)
     if args.steps:
         settings["steps"] = BUNDLE["steps"] = args.steps
-    if args.base_steps:
-        settings["base_steps"] = args.base_steps
     work = args.work or ("/tmp/storm-temporal-qa" + ("-quick" if args.quick else ""))
     cores = os.cpu_count() or 1
     threads = max(1, cores // args.workers)
     started = time.perf_counter()
     write_data(os.path.join(work, "data"), settings)
-    base = pretrain_images(work, settings, threads=cores)
+    image_model, image_result = pretrain_images(work, settings, threads=cores)
+    base, video_result = pretrain_video(work, settings, image_model, threads=cores)
     if args.base_only:
         return None
     if args.bundle:
@@ -308,12 +374,15 @@ def main():
     from storm_hf.temporal_qa import TASKS
 
     rows = summarise(results, prefill, list(TASKS))
-    table = markdown(rows, list(TASKS))
+    chance = chance_row(os.path.join(data, "test.jsonl"), list(TASKS))
+    table = markdown(rows, list(TASKS), chance)
     total = time.perf_counter() - started
     output = args.output or os.path.join(work, "results.json")
     json.dump({"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
                "command": " ".join(["python", "benchmarks/temporal_qa.py"] + sys.argv[1:]), "seconds": total,
-               "rows": rows, "runs": results, "prefill_seconds": prefill}, open(output, "w"), indent=1)
+               "image_pretrained": image_result, "video_pretrained": video_result,
+               "rows": rows, "chance": chance, "runs": results, "prefill_seconds": prefill}, open(output, "w"),
+              indent=1)
     print(table)
     log(f"total {total / 60:.1f} min; results in {output}")
 

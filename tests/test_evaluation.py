@@ -95,3 +95,22 @@ def test_processor_and_model_must_count_tokens_alike(setup):
         check_agreement(model, other)
     with pytest.raises(ValueError, match="tokenizes to nothing"):
         evaluate(model, processor, [dict(records[0], options=["red", ""])], video_root=root, num_frames=16)
+
+
+def test_several_strides_in_one_pass_equal_one_stride_at_a_time(setup):
+    from storm_hf.demo import set_sampling_stride
+    from storm_hf.evaluation import evaluate_strides
+
+    model, processor, records, root = setup
+    both = evaluate_strides(model, processor, records[:4], [1, 2], video_root=root, num_frames=16)
+    assert model.config.temporal_sample_s == processor.temporal_sample_s == 1  # put back
+    assert both[1].visual_tokens == 64 and both[2].visual_tokens == 32
+    set_sampling_stride(model, processor, 2)
+    try:
+        alone = evaluate(model, processor, records[:4], video_root=root, num_frames=16)
+    finally:
+        set_sampling_stride(model, processor, 1)
+    for a, b in zip(alone.predictions, both[2].predictions):
+        assert a["prediction"] == b["prediction"]
+        for option in a["option_loglikelihoods"]:
+            assert a["option_loglikelihoods"][option] == pytest.approx(b["option_loglikelihoods"][option], abs=1e-5)

@@ -55,3 +55,25 @@ def test_weights_from_another_layout_are_refused_by_name(tmp_path):
         build_initial_checkpoint(tmp_path / "x", mini_config("storm"), weights_from=other)
     with pytest.raises(ValueError, match="no model.safetensors"):
         build_initial_checkpoint(tmp_path / "y", mini_config("storm"), weights_from=tmp_path)
+
+
+def test_a_new_temporal_encoder_starts_as_the_identity_so_every_arm_starts_as_the_pretrained_model(tmp_path):
+    base = build_initial_checkpoint(tmp_path / "base", mini_config("baseline", 1), seed=1)
+    frames = torch.randn(1, 16, 3, 48, 48)
+    reference = StormForConditionalGeneration.from_pretrained(base).eval().model.get_video_features(frames)
+    for arm, merge in (("storm", "add"), ("storm-forward", "add"), ("storm", "concat")):
+        config = mini_config(arm, 1, temporal_direction_merge=merge)
+        folder = build_initial_checkpoint(tmp_path / f"{arm}-{merge}", config, seed=2, weights_from=base)
+        model = StormForConditionalGeneration.from_pretrained(folder).eval()
+        features = model.model.get_video_features(frames)
+        assert torch.allclose(features.pooler_output[0], reference.pooler_output[0], atol=1e-6), (arm, merge)
+        loss = model(input_ids=torch.tensor([[5] + [model.config.video_token_id] * 256 + [6]]),
+                     pixel_values_videos=frames, labels=torch.tensor([[5] + [-100] * 256 + [6]])).loss
+        loss.backward()  # the zeroed projections still learn (the layers' last ones; concat: the merge Linear)
+        zeroed = "merge_proj" if merge == "concat" else "out_proj"
+        grads = [p.grad for n, p in model.model.temporal_encoder.named_parameters() if zeroed in n]
+        assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    unchanged = build_initial_checkpoint(tmp_path / "random", mini_config("storm", 1), seed=2, weights_from=base,
+                                         zero_new_residuals=False)
+    features = StormForConditionalGeneration.from_pretrained(unchanged).eval().model.get_video_features(frames)
+    assert not torch.allclose(features.pooler_output[0], reference.pooler_output[0], atol=1e-3)

@@ -128,3 +128,18 @@ def test_stills_answer_every_question_from_one_frame(tmp_path):
     for row, record in zip(labelled, (dataset[i] for i in range(3))):
         answers = processor.tokenizer.decode(row).split(" <|im_end|>")[:-1]
         assert [a.strip() for a in answers] == [m["content"] for m in record["messages"][1::2]]
+
+
+def test_where_the_two_objects_are_says_nothing_about_which_came_first():
+    """The two objects of first_appeared / order_in_window are placed exchangeably: a heuristic reading their
+    places (the one farther from the centre came second) is at chance."""
+    for task in ("first_appeared", "order_in_window"):
+        farther_second = []
+        for i in range(600):
+            clip = make_clip(clip_rng("train", 0, i), task)
+            times = clip.meta["appear" if task == "first_appeared" else "flash"]
+            (first, t1), (second, t2) = sorted(times.items(), key=lambda item: item[1])
+            offset = [np.abs(np.argwhere(colour_mask(clip.frames[-1 if task == "first_appeared" else t], c)).mean(0)
+                             - 24).sum() for c, t in ((first, t1), (second, t2))]
+            farther_second.append(offset[1] > offset[0])
+        assert abs(np.mean(farther_second) - 0.5) < 0.05, task

@@ -90,6 +90,17 @@ def evaluate(model, processor, records, video_root: str = ".", num_frames: int |
         batch_size: records per forward pass.
         max_new_tokens: generation length for records without options.
     """
+    stride = model.config.temporal_sample_s
+    return evaluate_strides(model, processor, records, [stride], video_root, num_frames, batch_size,
+                            max_new_tokens)[stride]
+
+
+@torch.no_grad()
+def evaluate_strides(model, processor, records, strides, video_root: str = ".", num_frames: int | None = None,
+                     batch_size: int = 16, max_new_tokens: int = 16) -> dict[int, EvaluationResult]:
+    """`evaluate` at several test-time temporal sampling strides ``s``, decoding each video once:
+    {s: EvaluationResult}. The model's and the processor's ``temporal_sample_s`` are set for each stride
+    and put back afterwards."""
     from .training import load_video_dataset
 
     if isinstance(records, (str, os.PathLike)):
@@ -97,35 +108,46 @@ def evaluate(model, processor, records, video_root: str = ".", num_frames: int |
         records = [dataset[i] for i in range(len(dataset))]
     check_agreement(model, processor)
     model.eval()
-    result = EvaluationResult()
-    for start in range(0, len(records), batch_size):
-        batch = records[start : start + batch_size]
-        prompts, features = encode_prompts(model, processor, batch, video_root, num_frames)
-        clips = [f for f in features if f is not None]
-        if result.visual_tokens is None and clips:
-            result.visual_tokens = int(clips[0].shape[0])
-        option_ids = [_option_ids(processor, r["options"]) if r.get("options") else None for r in batch]
-        single = [i for i, ids in enumerate(option_ids) if ids is not None and all(len(t) == 1 for t in ids)]
-        last_logprobs = dict(zip(single, _last_token_logprobs(model, processor, [prompts[i] for i in single],
-                                                              [features[i] for i in single]))) if single else {}
-        for i, record in enumerate(batch):
-            answer = reference_answer(record)
-            entry = {"index": start + i, "task": record.get("task", "all"), "question": _question_text(record),
-                     "answer": answer}
-            if i in last_logprobs:
-                scores = {o: float(last_logprobs[i][t[0]]) for o, t in zip(record["options"], option_ids[i])}
-            elif option_ids[i] is not None:
-                scores = _sequence_loglikelihoods(model, processor, prompts[i], features[i], record["options"],
-                                                  option_ids[i])
-            else:
-                scores = None
-                entry["prediction"] = _generate(model, processor, prompts[i], features[i], max_new_tokens)
-            if scores is not None:
-                entry["prediction"] = max(scores, key=scores.get)
-                entry["option_loglikelihoods"] = scores
-            entry["correct"] = _same(entry["prediction"], answer)
-            result.predictions.append(entry)
-    return result
+    results = {s: EvaluationResult() for s in strides}
+    before = model.config.temporal_sample_s
+    try:
+        for start in range(0, len(records), batch_size):
+            batch = records[start : start + batch_size]
+            decoded = _decode(model, processor, batch, video_root, num_frames)
+            for s in strides:
+                model.config.temporal_sample_s = processor.temporal_sample_s = s
+                prompts, features = _prompts_and_features(model, processor, *decoded)
+                _score_batch(model, processor, batch, start, prompts, features, max_new_tokens, results[s])
+    finally:
+        model.config.temporal_sample_s = processor.temporal_sample_s = before
+    return results
+
+
+def _score_batch(model, processor, batch, start, prompts, features, max_new_tokens, result):
+    clips = [f for f in features if f is not None]
+    if result.visual_tokens is None and clips:
+        result.visual_tokens = int(clips[0].shape[0])
+    option_ids = [_option_ids(processor, r["options"]) if r.get("options") else None for r in batch]
+    single = [i for i, ids in enumerate(option_ids) if ids is not None and all(len(t) == 1 for t in ids)]
+    last_logprobs = dict(zip(single, _last_token_logprobs(model, processor, [prompts[i] for i in single],
+                                                          [features[i] for i in single]))) if single else {}
+    for i, record in enumerate(batch):
+        answer = reference_answer(record)
+        entry = {"index": start + i, "task": record.get("task", "all"), "question": _question_text(record),
+                 "answer": answer}
+        if i in last_logprobs:
+            scores = {o: float(last_logprobs[i][t[0]]) for o, t in zip(record["options"], option_ids[i])}
+        elif option_ids[i] is not None:
+            scores = _sequence_loglikelihoods(model, processor, prompts[i], features[i], record["options"],
+                                              option_ids[i])
+        else:
+            scores = None
+            entry["prediction"] = _generate(model, processor, prompts[i], features[i], max_new_tokens)
+        if scores is not None:
+            entry["prediction"] = max(scores, key=scores.get)
+            entry["option_loglikelihoods"] = scores
+        entry["correct"] = _same(entry["prediction"], answer)
+        result.predictions.append(entry)
 
 
 def check_agreement(model, processor):
@@ -155,22 +177,43 @@ def _option_ids(processor, options) -> list[list[int]]:
 def encode_prompts(model, processor, records, video_root=".", num_frames=None):
     """Per record: its prompt ids (a list, placeholders expanded) and its video's features
     ((visual tokens, dim), or None for a record without a video), computed in one pass for the batch."""
-    prompts, videos, owners = [], [], []
+    return _prompts_and_features(model, processor, *_decode(model, processor, records, video_root, num_frames))
+
+
+def _decode(model, processor, records, video_root, num_frames):
+    """The records' prompts (chat template, one placeholder per video) and their videos, decoded and sampled
+    by the processor: (texts, pixel values (videos, frames, 3, H, W) or None, frame counts, owning record)."""
+    texts, videos, owners = [], [], []
     for i, record in enumerate(records):
-        prompts.append(processor.apply_chat_template(prompt_messages(record), tokenize=False,
-                                                     add_generation_prompt=True))
+        texts.append(processor.apply_chat_template(prompt_messages(record), tokenize=False,
+                                                   add_generation_prompt=True))
         if record.get("video"):
             videos.append(os.path.join(video_root, record["video"]))
             owners.append(i)
+    if not videos:
+        return texts, None, [], owners
     kwargs = {} if num_frames is None else {"num_frames": num_frames}
-    encoded = processor(text=prompts, videos=videos or None, padding=False, **kwargs)
-    features = [None] * len(records)
-    if videos:
-        pixels = torch.as_tensor(encoded["pixel_values_videos"]).to(model.device, model.dtype)
-        pooled = model.model.get_video_features(pixels, torch.as_tensor(encoded["video_num_frames"])).pooler_output
+    decoded = processor.video_processor(videos, **kwargs)
+    pixels = torch.as_tensor(decoded["pixel_values_videos"]).to(model.device, model.dtype)
+    return texts, pixels, [int(n) for n in decoded["video_num_frames"]], owners
+
+
+def _prompts_and_features(model, processor, texts, pixels, counts, owners):
+    """Prompt ids with each placeholder expanded to the processor's token count at its current settings, and
+    the videos' features from the model at its current settings."""
+    expanded = list(texts)
+    for owner, count in zip(owners, counts):
+        if expanded[owner].count(processor.video_token) != 1:
+            raise ValueError("A record to evaluate with a video needs exactly one video placeholder in its prompt.")
+        expanded[owner] = expanded[owner].replace(processor.video_token,
+                                                  processor.video_token * processor.num_visual_tokens(count))
+    ids = [processor.tokenizer(text)["input_ids"] for text in expanded]  # as the processor tokenizes
+    features = [None] * len(texts)
+    if owners:
+        pooled = model.model.get_video_features(pixels, torch.tensor(counts)).pooler_output
         for owner, clip in zip(owners, pooled):
             features[owner] = clip
-    return [list(ids) for ids in encoded["input_ids"]], features
+    return ids, features
 
 
 def _video_outputs(features):
@@ -221,5 +264,5 @@ def chance_accuracy(records) -> float:
     return sum(1 / len(r["options"]) for r in records) / max(1, len(records)) if records else math.nan
 
 
-__all__ = ["evaluate", "EvaluationResult", "encode_prompts", "check_agreement", "prompt_messages", "reference_answer",
+__all__ = ["evaluate", "evaluate_strides", "EvaluationResult", "encode_prompts", "check_agreement", "prompt_messages", "reference_answer",
            "chance_accuracy"]

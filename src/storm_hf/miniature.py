@@ -50,7 +50,7 @@ INITIALIZER_RANGE = 0.1
 def mini_config(arm: str = "storm", temporal_pool_k: int = 4, spatial_pool_p: int = 1, **overrides) -> StormConfig:
     """The miniature layout: 48 px frames in 6 px patches (8 x 8, pixel-shuffled to 4 x 4 = 16 tokens per
     frame), a 2-layer SigLIP-style encoder and a 2-layer Qwen2-style LLM of width 64, a 1-layer temporal
-    encoder (d_state 8), the tiny layout's 512-token vocabulary (`storm_hf.tiny`)."""
+    encoder (d_state 8, no final norm), the tiny layout's 512-token vocabulary (`storm_hf.tiny`)."""
     if arm not in ARMS:
         raise ValueError(f"Unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
     fields = {
@@ -65,7 +65,10 @@ def mini_config(arm: str = "storm", temporal_pool_k: int = 4, spatial_pool_p: in
             "eos_token_id": 509, "pad_token_id": 0,
         },
         "image_token_id": 510, "video_token_id": 511,
-        "temporal_num_layers": 1, "temporal_d_state": 8,
+        # No final norm after the temporal encoder: with its output projections at zero (build_initial_checkpoint)
+        # a new encoder is then exactly the identity on pretrained features, so every arm starts as the same
+        # model; a LayerNorm there would rescale every token the pretrained LLM was trained on.
+        "temporal_num_layers": 1, "temporal_d_state": 8, "temporal_final_norm": False,
         "temporal_pool_k": temporal_pool_k, "spatial_pool_p": spatial_pool_p,
     }
     fields.update(ARMS[arm])
@@ -96,20 +99,27 @@ def new_model(config: StormConfig, seed: int = 0):
 
 
 def build_initial_checkpoint(output_dir, config: StormConfig, seed: int = 0, num_frames: int = 16,
-                             weights_from=None):
+                             weights_from=None, zero_new_residuals: bool = True):
     """Write a model of ``config`` and its processor (the benchmark's tokenizer, 48 px frames, ``num_frames`` per
     video) to ``output_dir``, ready for `storm-hf train`. Returns ``output_dir``.
 
     The model is freshly initialised (seeded); with ``weights_from`` (a checkpoint folder of the same layout,
     e.g. one without temporal encoder) every weight but the temporal encoder's comes from there, so a
     pretrained image encoder, projector and LLM get a new temporal encoder. A checkpoint that differs in
-    anything else raises a ValueError naming what does not fit."""
+    anything else raises a ValueError naming what does not fit. With ``zero_new_residuals`` (the default) the
+    new temporal encoder's output projections start at zero, so the model starts as exactly the pretrained one
+    (each layer is ``x + mixer(norm(x))``) and the temporal encoder's contribution grows from there, as a
+    LoRA adapter's does; the rest of the encoder keeps mamba_ssm's initialisation. The paper trains its
+    randomly initialised encoder from the start of its alignment stage instead; here a baseline and a STORM
+    arm fine-tuned from the same image model then begin from the same function."""
     from .processing_storm import StormProcessor
     from .video_processing_storm import StormVideoProcessor
 
     model = new_model(config, seed)
     if weights_from is not None:
         _load_all_but_temporal_encoder(model, weights_from)
+        if zero_new_residuals:
+            zero_residual_outputs(model.model.temporal_encoder)
     tokenizer = mini_tokenizer()
     model.set_generation_tokens(tokenizer)
     side = config.vision_config.image_size
@@ -120,6 +130,20 @@ def build_initial_checkpoint(output_dir, config: StormConfig, seed: int = 0, num
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     return output_dir
+
+
+def zero_residual_outputs(temporal_encoder) -> None:
+    """Zero the last projection of each layer's residual branch (the merge Linear of a ``concat`` layer, else
+    every mixer's ``out_proj``): the encoder becomes the identity and every weight still gets a gradient after
+    the first step."""
+    with torch.no_grad():
+        for layer in temporal_encoder.layers:
+            last = [layer.merge_proj] if layer.merge_proj is not None else [
+                m.out_proj for m in (layer.forward_mixer, layer.backward_mixer) if m is not None and m.out_proj is not None]
+            for linear in last:
+                linear.weight.zero_()
+                if linear.bias is not None:
+                    linear.bias.zero_()
 
 
 def _load_all_but_temporal_encoder(model, folder):
@@ -142,4 +166,5 @@ def _load_all_but_temporal_encoder(model, folder):
                          f"missing: {missing or 'none'}; unexpected: {unexpected or 'none'}).")
 
 
-__all__ = ["BUNDLED_MODEL", "ARMS", "mini_config", "mini_tokenizer", "new_model", "build_initial_checkpoint"]
+__all__ = ["BUNDLED_MODEL", "ARMS", "mini_config", "mini_tokenizer", "new_model", "build_initial_checkpoint",
+           "zero_residual_outputs"]

@@ -155,8 +155,14 @@ def make_clip(rng: np.random.Generator, task: str, num_frames: int = 16, size: i
     elif task in ("first_appeared", "order_in_window"):
         first, second = (colour, other) if rng.random() < 0.5 else (other, colour)
         shapes = {first: shape, second: SHAPES[rng.integers(len(SHAPES))]}
-        positions = {first: canvas.free_position()}
-        positions[second] = canvas.free_position(away_from=[positions[first]])
+        # Both corners drawn together until they do not overlap (at most 20 pairs): exchangeable, so where an
+        # object is says nothing about whether it came first (drawing the second away from the first did:
+        # "the one farther from the centre came second" was right 56% of the time).
+        for _ in range(20):
+            one, two = canvas.free_position(), canvas.free_position()
+            if abs(one[0] - two[0]) >= side or abs(one[1] - two[1]) >= side:
+                break
+        positions = {first: one, second: two}
         if task == "first_appeared":  # each stays once it has appeared
             t_first = int(rng.integers(1, num_frames // 2))
             t_second = int(rng.integers(t_first + 2, num_frames - 1))
