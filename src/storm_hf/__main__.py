@@ -3,4 +3,4 @@
 
 from .cli import main
 
-main()
+raise SystemExit(main())

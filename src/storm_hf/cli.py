@@ -12,7 +12,9 @@ COMMANDS = {
 }
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """Runs one `storm-hf` command and returns its exit status (0); errors in the input exit with status 1 and
+    a one-line message. From Python, call `storm_hf.train.train` or `storm_hf.demo.main` for their results."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         parser = argparse.ArgumentParser(prog="storm-hf", description="STORM tools")
@@ -20,7 +22,7 @@ def main(argv=None):
         for name, text in COMMANDS.items():
             commands.add_parser(name, help=text, add_help=False)
         parser.parse_args(argv)  # prints the usage and exits: no command, or an unknown one
-        return None
+        return 2
     command, rest = argv[0], argv[1:]
     if command == "train":
         from .train import load_config, train
@@ -28,15 +30,17 @@ def main(argv=None):
         parser = argparse.ArgumentParser(prog="storm-hf train", description=COMMANDS["train"])
         parser.add_argument("config")
         args = parser.parse_args(rest)
-        return train(load_config(args.config))
+        train(load_config(args.config))
+        return 0
     from .demo import main as demo
 
     try:
-        return demo(rest)
+        demo(rest)
+        return 0
     except (ValueError, OSError) as error:  # bad video, bad checkpoint, missing file: the message says what
         print(f"storm-hf demo: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -146,7 +146,8 @@ def _report(result: DemoAnswer, model, header: str):
           "fewer")
     print("time per stage:")
     for stage, value in result.seconds.items():
-        extra = f" ({result.new_tokens - 1} tokens after the first)" if stage == "decode" else ""
+        after = result.new_tokens - 1
+        extra = f" ({after} token{'' if after == 1 else 's'} after the first)" if stage == "decode" else ""
         print(f"  {stage:18s} {value * 1000:8.1f} ms{extra}")
 
 
@@ -176,7 +177,15 @@ def main(argv=None):
     if args.video and not os.path.exists(args.video):
         parser.error(f"--video {args.video}: no such file")
     torch.manual_seed(0)
-    model, processor = load(args.model)
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars in the report (decoding a long video keeps its bar)
+    try:
+        model, processor = load(args.model)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     if args.sampling_stride is not None:
         set_sampling_stride(model, processor, args.sampling_stride)
     name = args.model or "the bundled model (storm_hf.miniature.BUNDLED_MODEL)"

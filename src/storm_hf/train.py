@@ -256,4 +256,4 @@ def main(argv=None):
 if __name__ == "__main__":
     import sys
 
-    main(["train", *sys.argv[1:]] if len(sys.argv) > 1 and sys.argv[1] != "train" else None)
+    raise SystemExit(main(["train", *sys.argv[1:]] if len(sys.argv) > 1 and sys.argv[1] != "train" else None))
