@@ -3,7 +3,8 @@ need time (storm_hf.temporal_qa), trained from scratch on this CPU through `stor
 
     python benchmarks/temporal_qa.py            # the full table: 3 arms x 3 reductions x 3 seeds (see --help)
     python benchmarks/temporal_qa.py --quick    # a smaller table: 1 seed, fewer steps
-    python benchmarks/temporal_qa.py --bundle   # train the bundled model (storm_hf.miniature.BUNDLED_MODEL)
+    python benchmarks/temporal_qa.py --bundle   # the bundled model (storm_hf.miniature.BUNDLED_MODEL), 2,000 steps,
+                                                # and the baseline at k=4 beside it with the same steps
 
 Recipe (all stages through `storm-hf train`, stage sft, from scratch; the image encoder is frozen once it has
 been pretrained):
@@ -47,8 +48,8 @@ REDUCTIONS = {"k=1": {"temporal_pool_k": 1, "spatial_pool_p": 1}, "k=4": {"tempo
               "p=2": {"temporal_pool_k": 1, "spatial_pool_p": 2}}
 ARM_NAMES = ("baseline", "storm", "storm-forward")
 
-FULL = dict(train_clips=3072, test_clips=700, validation_clips=350, stills=8000, image_steps=1500, video_steps=1200,
-            steps=220, seeds=(0, 1, 2), arms=ARM_NAMES, reductions=tuple(REDUCTIONS))
+FULL = dict(train_clips=3072, test_clips=490, validation_clips=350, stills=8000, image_steps=1600, video_steps=900,
+            steps=170, seeds=(0, 1, 2), arms=ARM_NAMES, reductions=tuple(REDUCTIONS))
 QUICK = dict(train_clips=1024, test_clips=350, validation_clips=70, stills=3000, image_steps=600, video_steps=300,
              steps=100, seeds=(0,), arms=ARM_NAMES, reductions=("k=1", "k=4"))
 BUNDLE = dict(steps=2000)
@@ -215,7 +216,7 @@ def run_job(job):
     work, base, arm, reduction, seed, steps, threads = (job[k] for k in
                                                         ("work", "base", "arm", "reduction", "seed", "steps", "threads"))
     batch, learning_rate = job.get("batch", BATCH), job.get("learning_rate", LEARNING_RATE)
-    name = f"{arm}_{reduction.replace('=', '')}_seed{seed}"
+    name = f"{arm}_{reduction.replace('=', '')}_seed{seed}" + job.get("suffix", "")
     run_dir = os.path.join(work, "runs", name)
     result_file = os.path.join(run_dir, "result.json")
     wanted = {"steps": steps, "batch": batch, "base_stamp": json.load(open(base + ".json"))}
@@ -359,7 +360,7 @@ def main():
     if args.base_only:
         return None
     if args.bundle:
-        return bundle(work, base, cores)
+        return bundle(work, base, args.workers, threads)
 
     jobs = [{"work": work, "base": base, "arm": arm, "reduction": reduction, "seed": seed,
              "steps": settings["steps"], "threads": threads}
@@ -387,34 +388,45 @@ def main():
     log(f"total {total / 60:.1f} min; results in {output}")
 
 
-def bundle(work, base, threads):
-    """Train the bundled STORM (bidirectional, k=4) with more steps, check it on the validation clips and copy
-    the checkpoint into the package (storm_hf.miniature.BUNDLED_MODEL)."""
+def bundle(work, base, workers, threads):
+    """Train the bundled STORM (bidirectional, k=4) with more steps than the table's runs, and beside it the
+    baseline at k=4 with the same steps (the comparison at this longer budget); evaluate both on the test
+    clips and copy the STORM checkpoint into the package (storm_hf.miniature.BUNDLED_MODEL)."""
     from storm_hf.miniature import BUNDLED_MODEL
 
     steps = BUNDLE["steps"]
-    run_dir = os.path.join(work, "bundle")
-    init = build_arm(base, "storm", "k=4", 0, os.path.join(work, "bundle-init"))
-    data = os.path.join(work, "data")
-    start = time.perf_counter()
-    text = run_train(training_config(init, os.path.join(data, "train.jsonl"), data, run_dir, steps, 0,
-                                     freeze=["vision_tower"]), os.path.join(work, "bundle.json"), threads)
-    log(f"bundle: {steps} steps in {time.perf_counter() - start:.0f} s; {text.strip().splitlines()[-1][:200]}")
-    evaluation = evaluate_run(run_dir, data, os.path.join(data, "validation.jsonl"))
-    for s, result in evaluation.items():
-        log(f"bundle, validation, {s}: accuracy {result['accuracy']:.3f}; " +
-            ", ".join(f"{t} {a:.2f}" for t, a in result["by_task"].items()))
-    shutil.rmtree(BUNDLED_MODEL, ignore_errors=True)
-    os.makedirs(BUNDLED_MODEL)
+    jobs = [{"work": work, "base": base, "arm": arm, "reduction": "k=4", "seed": 0, "steps": steps,
+             "threads": threads, "suffix": f"_steps{steps}"} for arm in ("storm", "baseline")]
+    with ThreadPoolExecutor(workers) as pool:
+        results = dict(zip(("storm", "baseline"), pool.map(run_job, jobs)))
+    for arm, result in results.items():
+        for s in ("s=1", "s=2"):
+            log(f"bundle, {arm} k=4 {steps} steps, test, {s}: accuracy {result[s]['accuracy']:.3f}; " +
+                ", ".join(f"{t} {a:.2f}" for t, a in result[s]["by_task"].items()))
+    run_dir = os.path.join(work, "runs", f"storm_k4_seed0_steps{steps}")
+    evaluation = {arm: {s: {k: v for k, v in r[s].items() if k != "predictions"} for s in ("s=1", "s=2")}
+                  for arm, r in results.items()}
+    # Assembled beside the package folder, then swapped in: an interrupted copy never leaves a half-written
+    # bundled model, and only the files this script writes are replaced.
+    staging = BUNDLED_MODEL + ".new"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
     keep = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "processor_config.json", "chat_template.jinja", "special_tokens_map.json")
     for name in os.listdir(run_dir):
         if name in keep:
-            shutil.copy(os.path.join(run_dir, name), os.path.join(BUNDLED_MODEL, name))
-    config_path = os.path.join(BUNDLED_MODEL, "config.json")
+            shutil.copy(os.path.join(run_dir, name), os.path.join(staging, name))
+    config_path = os.path.join(staging, "config.json")
     config = json.load(open(config_path))
     config.pop("auto_map", None)  # the package's own classes load it; no remote-code copies are bundled
     json.dump(config, open(config_path, "w"), indent=2)
+    json.dump({"command": "python benchmarks/temporal_qa.py --bundle", "steps": steps,
+               "train_seconds": results["storm"]["train_seconds"], "train_log": results["storm"]["train_log"],
+               "test_accuracy": evaluation}, open(os.path.join(staging, "training_record.json"), "w"), indent=1)
+    os.makedirs(BUNDLED_MODEL, exist_ok=True)
+    for name in os.listdir(staging):
+        os.replace(os.path.join(staging, name), os.path.join(BUNDLED_MODEL, name))
+    os.rmdir(staging)
     log(f"bundle: copied to {BUNDLED_MODEL}: {', '.join(sorted(os.listdir(BUNDLED_MODEL)))}")
 
 

@@ -18,7 +18,7 @@ def test_readme_has_the_two_commands_first_and_ci_runs_the_second():
     language, first = BLOCKS[0]
     commands = [line for line in first.splitlines() if line and not line.startswith("#")]
     assert language == "bash" and len(commands) == 2
-    assert commands[0].endswith("python examples/run_tiny_demo.py")  # the main job (tests/test_examples.py)
+    assert commands[0].endswith("&& storm-hf demo")  # the main job (tests/test_bundled_model.py runs it)
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
     assert ci == [commands[1]]
 
