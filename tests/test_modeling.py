@@ -35,6 +35,37 @@ def test_every_reduction_setting_fills_exactly_its_placeholders(k, p, s, num_fra
     assert torch.isfinite(out.logits).all()
 
 
+@pytest.mark.parametrize("feature_layer", [None, -2])
+def test_image_encoder_micro_batches_change_nothing_but_peak_memory(feature_layer):
+    """vision_frames_per_batch splits the frames for the image encoder only: features, hidden states and
+    attentions over two videos (7 and 5 frames) are the same with micro-batches of 3, 7 or all frames."""
+    video = frames(7, batch=2)
+    counts = torch.tensor([7, 5])
+    results = {}
+    for per_batch in (None, 3, 7):
+        model = tiny_model(vision_frames_per_batch=per_batch, vision_feature_layer=feature_layer)
+        with torch.no_grad():
+            out = model.get_video_features(video, video_num_frames=counts, output_hidden_states=True,
+                                           output_attentions=True)
+            plain = model.get_video_features(video, video_num_frames=counts)
+            stage = model.model.vision_patch_features(video[0])
+        assert out.last_hidden_state.shape[0] == 12 and len(out.hidden_states) > 1
+        assert all(h.shape[0] == 12 for h in out.hidden_states + out.attentions)  # attentions: () under sdpa
+        assert plain.hidden_states is None  # not kept for every frame unless asked
+        results[per_batch] = (out, plain, stage)
+    reference, reference_plain, reference_stage = results[None]
+    for out, plain, stage in (results[3], results[7]):
+        for a, b in zip(out.pooler_output + plain.pooler_output, reference.pooler_output + reference_plain.pooler_output):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(out.last_hidden_state, reference.last_hidden_state)
+        assert len(out.attentions) == len(reference.attentions)
+        for a, b in zip(out.hidden_states + out.attentions, reference.hidden_states + reference.attentions):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(stage, reference_stage)
+    with pytest.raises(ValueError, match="vision_frames_per_batch must be a positive integer or None"):
+        tiny_config(vision_frames_per_batch=0)
+
+
 def test_image_path_is_a_one_frame_clip():
     model = tiny_model()
     image = torch.randn(2, 3, 32, 32)

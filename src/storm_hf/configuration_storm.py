@@ -114,6 +114,12 @@ class StormConfig(PreTrainedConfig):
             encoder's final LayerNorm (as PaliGemma, whose SigLIP the paper uses, feeds its LLM). An int `i`:
             `hidden_states[i]`, exactly as LLaVA / LLaVA-OneVision read it (so `-1` is the last layer *before*
             SigLIP's post-LayerNorm, and a model converted from LLaVA-OneVision keeps its features). *ours*
+        vision_frames_per_batch (`int`, *optional*, defaults to 16):
+            Frames the image encoder sees at once: a video's frames go through it in micro-batches of this
+            many, so its activations (at 448 px, 1024 patches per frame in every layer) exist for one
+            micro-batch at a time and peak memory grows with frames only by what is kept per frame (pixels,
+            encoder output, projected tokens). Outputs do not depend on it. `None`: all frames in one batch.
+            *ours*
         downsample_ratio (`int`, defaults to 2):
             Pixel-shuffle factor r: each r x r block of patch tokens is concatenated along channels before
             the Linear projector (1024 tokens x 1152 -> 256 x 4608 at the defaults). *paper*
@@ -194,6 +200,7 @@ class StormConfig(PreTrainedConfig):
     image_token_id: int = 151646
     video_token_id: int = 151647
     vision_feature_layer: int | None = None
+    vision_frames_per_batch: int | None = 16
     downsample_ratio: int = 2
     projector_bias: bool = True
     temporal_num_layers: int = 1
@@ -223,6 +230,12 @@ class StormConfig(PreTrainedConfig):
             if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
                 kind = "a non-negative" if smallest == 0 else "a positive"
                 raise ValueError(f"StormConfig.{name} must be {kind} integer, got {value!r}.")
+        if self.vision_frames_per_batch is not None and (
+            not isinstance(self.vision_frames_per_batch, int) or isinstance(self.vision_frames_per_batch, bool)
+            or self.vision_frames_per_batch < 1
+        ):
+            raise ValueError(f"StormConfig.vision_frames_per_batch must be a positive integer or None, got "
+                             f"{self.vision_frames_per_batch!r}.")
         if self.temporal_direction_merge not in ("add", "mean", "concat"):
             raise ValueError(
                 f"StormConfig.temporal_direction_merge must be 'add', 'mean' or 'concat', got {self.temporal_direction_merge!r}."

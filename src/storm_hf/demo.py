@@ -9,7 +9,7 @@ The model is the bundled one (`storm_hf.miniature.BUNDLED_MODEL`, trained on `st
 ``--model`` names another checkpoint folder or Hub id. The report gives the answer, the frames sampled with
 their timestamps, the visual tokens before and after token reduction, and the time of each stage (video
 decode, vision tower, projector, temporal encoder, token reduction, LLM prefill, decode), each stage run by
-the model's own stage methods (`StormModel.run_vision_tower`, `projector`, `encode_in_time`, `reduce_tokens`)
+the model's own stage methods (`StormModel.vision_patch_features`, `projector`, `encode_in_time`, `reduce_tokens`)
 and the LLM through `generate()`.
 """
 
@@ -91,7 +91,7 @@ def ask(model, processor, video, question: str, num_frames: int | None = None, m
     frames = inputs["pixel_values_videos"][0, : int(inputs["video_num_frames"][0])].to(model.device, model.dtype)
 
     start = time.perf_counter()
-    patches = stages.select_patch_features(stages.run_vision_tower(frames))  # (frames, patches, vision_dim)
+    patches = stages.vision_patch_features(frames)  # (frames, patches, vision_dim), in micro-batches
     seconds["vision tower"] = time.perf_counter() - start
     start = time.perf_counter()
     tokens = stages.projector(patches)  # (frames, tokens per frame, dim)

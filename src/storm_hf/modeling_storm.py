@@ -508,6 +508,7 @@ class StormModel(StormPreTrainedModel):
 
         run_vision_tower      (frames, 3, H, W)        -> encoder outputs, (frames, patches, vision_dim)
         select_patch_features encoder outputs          -> (frames, patches, vision_dim)
+                              (both over config.vision_frames_per_batch frames at a time: vision_patch_features)
         projector             pixel shuffle + Linear   -> (frames, N, dim)
         encode_in_time        per clip (T_i, N, dim)   -> per clip (T_i, N, dim)    the temporal encoder
         reduce_tokens         (clips, T, N, dim)       -> (clips, T', N', dim)      pooling k, p, sampling s
@@ -554,9 +555,43 @@ class StormModel(StormPreTrainedModel):
             features = features[:, 1:]  # (num_frames, patch_grid**2, vision_dim)
         return features
 
+    def vision_patch_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """`run_vision_tower` + `select_patch_features` over (num_frames, 3, H, W) in micro-batches of
+        `config.vision_frames_per_batch` frames -> (num_frames, patches, vision_dim)."""
+        step = self.config.vision_frames_per_batch or frames.shape[0]
+        return torch.cat([self.select_patch_features(self.run_vision_tower(chunk)) for chunk in frames.split(max(1, step))])
+
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Image encoder + projector on a flat batch of frames: (num_frames, 3, H, W) -> (num_frames, N, dim)."""
-        return self.projector(self.select_patch_features(self.run_vision_tower(frames)))
+        """Image encoder + projector on a flat batch of frames: (num_frames, 3, H, W) -> (num_frames, N, dim),
+        in micro-batches of `config.vision_frames_per_batch` frames."""
+        return self._encode_frames_in_batches(frames)[1]
+
+    def _encode_frames_in_batches(self, frames: torch.Tensor, **kwargs) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+        """The image encoder, feature selection and projector over (num_frames, 3, H, W) in micro-batches of
+        `config.vision_frames_per_batch` frames, so the encoder's activations exist for one micro-batch at a
+        time. Returns the encoder's outputs over all frames (``last_hidden_state``; ``hidden_states`` and
+        ``attentions`` only when asked in ``kwargs``) and the projected tokens (num_frames, N, dim)."""
+        keep_hidden, keep_attentions = bool(kwargs.get("output_hidden_states")), bool(kwargs.get("output_attentions"))
+        step = self.config.vision_frames_per_batch or frames.shape[0]
+        outputs, tokens = [], []
+        for chunk in frames.split(max(1, step)):  # (<= step, 3, H, W)
+            vision = self.run_vision_tower(chunk, **kwargs)
+            tokens.append(self.projector(self.select_patch_features(vision)))  # (<= step, N, dim)
+            if not keep_hidden:
+                vision.hidden_states = None  # read by select_patch_features; not kept for every frame
+            outputs.append(vision)
+        if len(outputs) == 1:
+            return outputs[0], tokens[0]
+
+        def joined(parts):
+            return None if parts[0] is None else tuple(torch.cat(layer) for layer in zip(*parts))
+
+        merged = BaseModelOutputWithPooling(
+            last_hidden_state=torch.cat([o.last_hidden_state for o in outputs]),  # (num_frames, patches, vision_dim)
+            hidden_states=joined([o.hidden_states for o in outputs]) if keep_hidden else None,
+            attentions=joined([o.attentions for o in outputs]) if keep_attentions else None,
+        )
+        return merged, torch.cat(tokens)  # (num_frames, N, dim)
 
     def encode_in_time(self, clips: list[torch.Tensor]) -> list[torch.Tensor]:
         """The temporal encoder on each clip's tokens: a list of (T_i, N, dim) -> a list of (T_i, N, dim).
@@ -580,8 +615,7 @@ class StormModel(StormPreTrainedModel):
 
     def _visual_features(self, clips_frames: torch.Tensor, counts: list[int], **kwargs) -> BaseModelOutputWithPooling:
         """The whole visual path for frames of several clips laid end to end, (sum T_i, 3, H, W)."""
-        vision = self.run_vision_tower(clips_frames, **kwargs)  # (sum T_i, patches, vision_dim)
-        tokens = self.projector(self.select_patch_features(vision))  # (sum T_i, N, dim)
+        vision, tokens = self._encode_frames_in_batches(clips_frames, **kwargs)  # tokens: (sum T_i, N, dim)
         encoded = self.encode_in_time(list(tokens.split(counts)))  # per clip (T_i, N, dim)
         # per clip (T'_i * N', dim): what that clip's placeholders receive
         vision.pooler_output = [self.reduce_tokens(clip[None])[0].flatten(0, 1) for clip in encoded]
