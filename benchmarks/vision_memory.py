@@ -8,7 +8,9 @@ frame, 12 layers, width 768), the pixel shuffle to 256 tokens per frame, a proje
 width (896) and one bidirectional temporal layer, then k = 4. Each (frames, setting) runs in a fresh process:
 it builds the model, then measures the growth of its peak resident memory (ru_maxrss) from there over making
 the fp32 video tensor and one `get_video_features` call under inference mode. The video tensor itself is
-2.4 MB per frame. Prints one line per run and a table; memory is what this process holds, not a timing.
+2.4 MB per frame. Then the temporal encoder and the reduction alone, from random projected tokens (256 per
+frame, width 896): the part of the slope that is theirs. Prints one line per run and a table; memory is what
+this process holds; the seconds are for orientation only.
 """
 
 import argparse
@@ -39,7 +41,7 @@ def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def child(frames, frames_per_batch):
+def child(frames, frames_per_batch, part="visual path"):
     from storm_hf import StormModel
 
     torch.manual_seed(0)
@@ -47,10 +49,15 @@ def child(frames, frames_per_batch):
     before = peak_mb()
     start = time.perf_counter()
     with torch.inference_mode():
-        video = torch.randn(1, frames, 3, 448, 448)  # (batch, frames, 3, H, W)
-        features = model.get_video_features(video).pooler_output[0]
-    print(json.dumps({"frames": frames, "frames_per_batch": frames_per_batch, "seconds": time.perf_counter() - start,
-                      "peak_growth_mb": peak_mb() - before, "visual_tokens": features.shape[0]}))
+        if part == "visual path":
+            video = torch.randn(1, frames, 3, 448, 448)  # (batch, frames, 3, H, W)
+            features = model.get_video_features(video).pooler_output[0]
+        else:  # the temporal encoder and the reduction alone, from projected tokens
+            tokens = torch.randn(frames, model.config.tokens_per_frame, model.config.text_config.hidden_size)
+            features = model.reduce_tokens(model.encode_in_time([tokens])[0][None])[0].flatten(0, 1)
+    print(json.dumps({"part": part, "frames": frames, "frames_per_batch": frames_per_batch,
+                      "seconds": time.perf_counter() - start, "peak_growth_mb": peak_mb() - before,
+                      "visual_tokens": features.shape[0]}))
 
 
 def main():
@@ -59,28 +66,33 @@ def main():
     parser.add_argument("--frames-per-batch", type=int, default=16, help="the micro-batch setting measured")
     parser.add_argument("--one-batch-up-to", type=int, default=64,
                         help="also measure all frames in one batch (vision_frames_per_batch=None) up to this many")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--temporal-only", action="store_true",
+                        help="measure only the temporal encoder + reduction from random projected tokens (fast)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         frames, per_batch = int(args.child[0]), None if args.child[1] == "None" else int(args.child[1])
-        return child(frames, per_batch)
-    runs = [(f, args.frames_per_batch) for f in args.frames] + \
-           [(f, None) for f in args.frames if f <= args.one_batch_up_to]
+        return child(frames, per_batch, args.child[2])
+    runs = [(f, None, "temporal encoder + reduction") for f in args.frames]
+    if not args.temporal_only:
+        runs = [(f, args.frames_per_batch, "visual path") for f in args.frames] + \
+               [(f, None, "visual path") for f in args.frames if f <= args.one_batch_up_to] + runs
     print(f"torch {torch.__version__}, {os.cpu_count()} cores")
     results = []
-    for frames, per_batch in runs:
-        out = subprocess.run([sys.executable, __file__, "--child", str(frames), str(per_batch)], capture_output=True,
-                             text=True)
+    for frames, per_batch, part in runs:
+        out = subprocess.run([sys.executable, __file__, "--child", str(frames), str(per_batch), part],
+                             capture_output=True, text=True)
         if out.returncode:
-            print(f"{frames} frames, vision_frames_per_batch={per_batch}: failed\n{out.stderr[-2000:]}")
+            print(f"{part}, {frames} frames, vision_frames_per_batch={per_batch}: failed\n{out.stderr[-2000:]}")
             continue
         result = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(result)
         print(json.dumps(result), flush=True)
-    print("| frames | vision_frames_per_batch | peak growth MB | MB per frame | seconds |")
-    print("|---|---|---|---|---|")
+    print("| part | frames | vision_frames_per_batch | peak growth MB | MB per frame | seconds |")
+    print("|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['frames']} | {r['frames_per_batch']} | {r['peak_growth_mb']:.0f} | "
+        per_batch = r["frames_per_batch"] if r["part"] == "visual path" else "-"
+        print(f"| {r['part']} | {r['frames']} | {per_batch} | {r['peak_growth_mb']:.0f} | "
               f"{r['peak_growth_mb'] / r['frames']:.1f} | {r['seconds']:.1f} |")
 
 

@@ -230,3 +230,27 @@ def test_no_temporal_encoder_is_the_identity_baseline():
     assert features.shape[0] == config.num_visual_tokens(8)
     with pytest.raises(ValueError, match="non-negative integer"):
         tiny_config(temporal_num_layers=-1)
+
+
+@pytest.mark.parametrize("layout", [
+    dict(temporal_direction_merge="add"), dict(temporal_direction_merge="mean"),
+    dict(temporal_direction_merge="concat"), dict(temporal_share_projections=True),
+    dict(temporal_share_projections=True, temporal_direction_merge="mean"), dict(temporal_bidirectional=False),
+])
+def test_inference_in_chunks_equals_one_call(layout):
+    """Without gradients, sequences longer than temporal_inference_chunk_tokens run each direction in chunks
+    that carry the state; the output equals one call (gradients on: always one call) for every layout."""
+    torch.manual_seed(0)
+    one_call = StormTemporalEncoder(tiny_config(temporal_num_layers=2, temporal_inference_chunk_tokens=None, **layout))
+    for name, parameter in one_call.named_parameters():  # a trained-looking encoder: out_proj far from zero
+        if name.endswith("proj.weight"):
+            parameter.data.normal_(0, 0.2)
+    chunked = StormTemporalEncoder(tiny_config(temporal_num_layers=2, temporal_inference_chunk_tokens=7, **layout))
+    chunked.load_state_dict(one_call.state_dict())
+    tokens = torch.randn(2, 45, one_call.layers[0].norm.normalized_shape[0])  # 45 = 6 chunks of 7 and one of 3
+    with torch.no_grad():
+        reference = one_call(tokens)
+        torch.testing.assert_close(chunked(tokens), reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked(tokens).detach(), reference, rtol=1e-5, atol=1e-5)  # with gradients
+    with pytest.raises(ValueError, match="temporal_inference_chunk_tokens must be a positive integer or None"):
+        tiny_config(temporal_inference_chunk_tokens=0)

@@ -160,6 +160,12 @@ class StormConfig(PreTrainedConfig):
             LayerNorm after the last layer, as in Mamba's `norm_f`. *ours*
         temporal_norm_eps (`float`, defaults to 1e-5):
             Epsilon of the temporal encoder's LayerNorms.
+        temporal_inference_chunk_tokens (`int`, *optional*, defaults to 4096):
+            Without gradients (inference), sequences longer than this go through each direction of each
+            temporal layer in chunks of this many tokens that carry the scan and convolution state, so the
+            mixer's intermediates (about ten d_inner-wide tensors per token) exist for one chunk at a time.
+            Outputs equal the one-call scan to float tolerance. `None`: always one call. Training (gradients
+            on) and mamba_ssm's fused CUDA path always run one call. *ours*
         temporal_pool_k (`int`, defaults to 4):
             Temporal average pooling: every k consecutive frames become one (T -> ceil(T / k)); a last
             partial group averages the frames it has. *paper* (k = 4 in the main results)
@@ -215,6 +221,7 @@ class StormConfig(PreTrainedConfig):
     temporal_share_projections: bool = False
     temporal_final_norm: bool = True
     temporal_norm_eps: float = 1e-5
+    temporal_inference_chunk_tokens: int | None = 4096
     temporal_pool_k: int = 4
     spatial_pool_p: int = 1
     temporal_sample_s: int = 1
@@ -230,6 +237,12 @@ class StormConfig(PreTrainedConfig):
             if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
                 kind = "a non-negative" if smallest == 0 else "a positive"
                 raise ValueError(f"StormConfig.{name} must be {kind} integer, got {value!r}.")
+        if self.temporal_inference_chunk_tokens is not None and (
+            not isinstance(self.temporal_inference_chunk_tokens, int)
+            or isinstance(self.temporal_inference_chunk_tokens, bool) or self.temporal_inference_chunk_tokens < 1
+        ):
+            raise ValueError(f"StormConfig.temporal_inference_chunk_tokens must be a positive integer or None, got "
+                             f"{self.temporal_inference_chunk_tokens!r}.")
         if self.vision_frames_per_batch is not None and (
             not isinstance(self.vision_frames_per_batch, int) or isinstance(self.vision_frames_per_batch, bool)
             or self.vision_frames_per_batch < 1

@@ -318,6 +318,28 @@ class StormMambaMixer(nn.Module):
         return y, MambaMixerState(conv_state=history[:, :, -self.d_conv:], ssm_state=ssm_state)
 
 
+def _in_chunks(step, sequence: torch.Tensor, chunk: int, reverse: bool = False, add_to: torch.Tensor | None = None):
+    """Runs ``step(piece, state) -> (output, state)`` over (batch, length, dim) in pieces of ``chunk`` tokens,
+    each starting from the state the previous one left (None before the first), and returns the outputs in
+    sequence order. ``reverse``: the scan reads the sequence from its end (each piece flipped, so nothing of
+    the whole length is flipped or copied); ``add_to``: the outputs are added into that tensor instead."""
+    length = sequence.shape[1]
+    starts = range(0, length, chunk)
+    result, state = add_to, None
+    for start in reversed(starts) if reverse else starts:
+        piece = sequence[:, start:start + chunk]  # (batch, <= chunk, dim)
+        out, state = step(piece.flip(1) if reverse else piece, state)
+        out = out.flip(1) if reverse else out
+        if result is None:
+            result = out.new_empty(sequence.shape[0], length, out.shape[-1])
+            result[:, start:start + chunk] = out
+        elif add_to is not None:
+            result[:, start:start + chunk] += out
+        else:
+            result[:, start:start + chunk] = out
+    return result
+
+
 class StormTemporalBlock(GradientCheckpointingLayer):
     """One pre-norm residual layer over the flattened (frame, row, column) sequence.
 
@@ -362,18 +384,46 @@ class StormTemporalBlock(GradientCheckpointingLayer):
         self.merge_proj = (
             nn.Linear(2 * d_model, d_model, bias=False) if self.bidirectional and self.merge == "concat" else None
         )
+        self.inference_chunk_tokens = config.temporal_inference_chunk_tokens
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(batch, length, dim) -> (batch, length, dim)."""
         normed = self.norm(hidden_states)
+        # Without gradients, long sequences go through each direction in chunks that carry the scan and
+        # convolution state (as `stream` does): the same outputs, but the mixer's d_inner-wide intermediates
+        # exist for one chunk at a time instead of for every token of the video. Not where mamba_ssm's fused
+        # path runs: its scan takes no initial state, and it does not hold those intermediates anyway.
+        chunk = self.inference_chunk_tokens
+        chunked = (chunk is not None and not torch.is_grad_enabled() and hidden_states.shape[1] > chunk
+                   and not (self.forward_mixer.use_kernels and fused_mixer_available(hidden_states)))
         if not self.bidirectional:
+            if chunked:
+                return hidden_states + _in_chunks(self.forward_mixer.stream, normed, chunk)
             return hidden_states + self.forward_mixer(normed)
         if self.share_projections:  # Vision Mamba: shared projections, a convolution and SSM per direction
-            x, z = self.forward_mixer.in_proj(normed).chunk(2, dim=-1)  # (batch, length, d_inner) each
-            y = self.forward_mixer.ssm(x, z)[0] + self.backward_mixer.ssm(x.flip(1), z.flip(1))[0].flip(1)
+            if chunked:
+                def direction(mixer):
+                    def step(h, state):  # one chunk: shared in_proj, this direction's convolution and SSM
+                        x, z = self.forward_mixer.in_proj(h).chunk(2, dim=-1)
+                        return mixer.ssm(x, z, state if state is not None else mixer.init_state(h.shape[0], h.device))
+                    return step
+
+                y = _in_chunks(direction(self.forward_mixer), normed, chunk)  # (batch, length, d_inner)
+                _in_chunks(direction(self.backward_mixer), normed, chunk, reverse=True, add_to=y)
+            else:
+                x, z = self.forward_mixer.in_proj(normed).chunk(2, dim=-1)  # (batch, length, d_inner) each
+                y = self.forward_mixer.ssm(x, z)[0] + self.backward_mixer.ssm(x.flip(1), z.flip(1))[0].flip(1)
             return hidden_states + self.forward_mixer.out_proj(y if self.merge == "add" else 0.5 * y)
-        forward_out = self.forward_mixer(normed)
-        backward_out = self.backward_mixer(normed.flip(1)).flip(1)
+        if chunked and self.merge != "concat":
+            mixed = _in_chunks(self.forward_mixer.stream, normed, chunk)  # (batch, length, dim)
+            _in_chunks(self.backward_mixer.stream, normed, chunk, reverse=True, add_to=mixed)
+            return hidden_states + (mixed if self.merge == "add" else mixed.mul_(0.5))
+        if chunked:
+            forward_out = _in_chunks(self.forward_mixer.stream, normed, chunk)
+            backward_out = _in_chunks(self.backward_mixer.stream, normed, chunk, reverse=True)
+        else:
+            forward_out = self.forward_mixer(normed)
+            backward_out = self.backward_mixer(normed.flip(1)).flip(1)
         if self.merge == "add":
             mixed = forward_out + backward_out
         elif self.merge == "mean":
