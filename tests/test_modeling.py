@@ -66,6 +66,19 @@ def test_image_encoder_micro_batches_change_nothing_but_peak_memory(feature_laye
         tiny_config(vision_frames_per_batch=0)
 
 
+def test_image_encoder_micro_batches_give_the_same_gradients():
+    video = frames(5)
+    grads = []
+    for per_batch in (None, 2):
+        model = tiny_model(vision_frames_per_batch=per_batch).train()
+        ids = video_prompt(model.config, [5])
+        model(input_ids=ids, pixel_values_videos=video, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("vision_tower" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
+
+
 def test_image_path_is_a_one_frame_clip():
     model = tiny_model()
     image = torch.randn(2, 3, 32, 32)

@@ -70,6 +70,8 @@ def mini_config(arm: str = "storm", temporal_pool_k: int = 4, spatial_pool_p: in
         # model; a LayerNorm there would rescale every token the pretrained LLM was trained on.
         "temporal_num_layers": 1, "temporal_d_state": 8, "temporal_final_norm": False,
         "temporal_pool_k": temporal_pool_k, "spatial_pool_p": spatial_pool_p,
+        # 48 px frames: all of a batch's frames in one call of the image encoder (micro-batches only add calls).
+        "vision_frames_per_batch": None,
     }
     fields.update(ARMS[arm])
     fields.update(overrides)

@@ -318,6 +318,14 @@ class StormMambaMixer(nn.Module):
         return y, MambaMixerState(conv_state=history[:, :, -self.d_conv:], ssm_state=ssm_state)
 
 
+def _filled(whole: torch.Tensor | None, part: torch.Tensor, start: int, total: int) -> torch.Tensor:
+    """Writes ``part`` (frames, ...) into ``whole`` (total, ...) at ``start``; the first part allocates it."""
+    if whole is None:
+        whole = part.new_empty((total, *part.shape[1:]))
+    whole[start:start + part.shape[0]] = part
+    return whole
+
+
 def _in_chunks(step, sequence: torch.Tensor, chunk: int, reverse: bool = False, add_to: torch.Tensor | None = None):
     """Runs ``step(piece, state) -> (output, state)`` over (batch, length, dim) in pieces of ``chunk`` tokens,
     each starting from the state the previous one left (None before the first), and returns the outputs in
@@ -608,8 +616,12 @@ class StormModel(StormPreTrainedModel):
     def vision_patch_features(self, frames: torch.Tensor) -> torch.Tensor:
         """`run_vision_tower` + `select_patch_features` over (num_frames, 3, H, W) in micro-batches of
         `config.vision_frames_per_batch` frames -> (num_frames, patches, vision_dim)."""
-        step = self.config.vision_frames_per_batch or frames.shape[0]
-        return torch.cat([self.select_patch_features(self.run_vision_tower(chunk)) for chunk in frames.split(max(1, step))])
+        step = max(1, self.config.vision_frames_per_batch or frames.shape[0])
+        features = None
+        for start in range(0, frames.shape[0], step):
+            chunk = self.select_patch_features(self.run_vision_tower(frames[start:start + step]))
+            features = _filled(features, chunk, start, frames.shape[0])
+        return features
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Image encoder + projector on a flat batch of frames: (num_frames, 3, H, W) -> (num_frames, N, dim),
@@ -620,28 +632,35 @@ class StormModel(StormPreTrainedModel):
         """The image encoder, feature selection and projector over (num_frames, 3, H, W) in micro-batches of
         `config.vision_frames_per_batch` frames, so the encoder's activations exist for one micro-batch at a
         time. Returns the encoder's outputs over all frames (``last_hidden_state``; ``hidden_states`` and
-        ``attentions`` only when asked in ``kwargs``) and the projected tokens (num_frames, N, dim)."""
+        ``attentions`` only when asked in ``kwargs``) and the projected tokens (num_frames, N, dim). Each
+        micro-batch's results are written into tensors for all frames as they come (no list of pieces
+        concatenated at the end, which would hold everything twice)."""
         keep_hidden, keep_attentions = bool(kwargs.get("output_hidden_states")), bool(kwargs.get("output_attentions"))
-        step = self.config.vision_frames_per_batch or frames.shape[0]
-        outputs, tokens = [], []
-        for chunk in frames.split(max(1, step)):  # (<= step, 3, H, W)
-            vision = self.run_vision_tower(chunk, **kwargs)
-            tokens.append(self.projector(self.select_patch_features(vision)))  # (<= step, N, dim)
+        total = frames.shape[0]
+        step = max(1, self.config.vision_frames_per_batch or total)
+        if step >= total:
+            vision = self.run_vision_tower(frames, **kwargs)
+            tokens = self.projector(self.select_patch_features(vision))  # (num_frames, N, dim)
             if not keep_hidden:
-                vision.hidden_states = None  # read by select_patch_features; not kept for every frame
-            outputs.append(vision)
-        if len(outputs) == 1:
-            return outputs[0], tokens[0]
-
-        def joined(parts):
-            return None if parts[0] is None else tuple(torch.cat(layer) for layer in zip(*parts))
-
+                vision.hidden_states = None
+            return vision, tokens
+        last_hidden = tokens = hidden_states = attentions = None
+        for start in range(0, total, step):
+            vision = self.run_vision_tower(frames[start:start + step], **kwargs)
+            tokens = _filled(tokens, self.projector(self.select_patch_features(vision)), start, total)
+            last_hidden = _filled(last_hidden, vision.last_hidden_state, start, total)
+            if keep_hidden:
+                hidden_states = [_filled(None if hidden_states is None else hidden_states[i], h, start, total)
+                                 for i, h in enumerate(vision.hidden_states)]
+            if keep_attentions:
+                attentions = [_filled(None if attentions is None else attentions[i], a, start, total)
+                              for i, a in enumerate(vision.attentions)]
         merged = BaseModelOutputWithPooling(
-            last_hidden_state=torch.cat([o.last_hidden_state for o in outputs]),  # (num_frames, patches, vision_dim)
-            hidden_states=joined([o.hidden_states for o in outputs]) if keep_hidden else None,
-            attentions=joined([o.attentions for o in outputs]) if keep_attentions else None,
+            last_hidden_state=last_hidden,  # (num_frames, patches, vision_dim)
+            hidden_states=tuple(hidden_states) if keep_hidden else None,
+            attentions=tuple(attentions) if keep_attentions else None,
         )
-        return merged, torch.cat(tokens)  # (num_frames, N, dim)
+        return merged, tokens  # tokens: (num_frames, N, dim)
 
     def encode_in_time(self, clips: list[torch.Tensor]) -> list[torch.Tensor]:
         """The temporal encoder on each clip's tokens: a list of (T_i, N, dim) -> a list of (T_i, N, dim).
