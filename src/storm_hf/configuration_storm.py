@@ -237,18 +237,10 @@ class StormConfig(PreTrainedConfig):
             if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
                 kind = "a non-negative" if smallest == 0 else "a positive"
                 raise ValueError(f"StormConfig.{name} must be {kind} integer, got {value!r}.")
-        if self.temporal_inference_chunk_tokens is not None and (
-            not isinstance(self.temporal_inference_chunk_tokens, int)
-            or isinstance(self.temporal_inference_chunk_tokens, bool) or self.temporal_inference_chunk_tokens < 1
-        ):
-            raise ValueError(f"StormConfig.temporal_inference_chunk_tokens must be a positive integer or None, got "
-                             f"{self.temporal_inference_chunk_tokens!r}.")
-        if self.vision_frames_per_batch is not None and (
-            not isinstance(self.vision_frames_per_batch, int) or isinstance(self.vision_frames_per_batch, bool)
-            or self.vision_frames_per_batch < 1
-        ):
-            raise ValueError(f"StormConfig.vision_frames_per_batch must be a positive integer or None, got "
-                             f"{self.vision_frames_per_batch!r}.")
+        for name in ("temporal_inference_chunk_tokens", "vision_frames_per_batch"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"StormConfig.{name} must be a positive integer or None, got {value!r}.")
         if self.temporal_direction_merge not in ("add", "mean", "concat"):
             raise ValueError(
                 f"StormConfig.temporal_direction_merge must be 'add', 'mean' or 'concat', got {self.temporal_direction_merge!r}."

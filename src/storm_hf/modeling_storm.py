@@ -273,9 +273,13 @@ class StormMambaMixer(nn.Module):
             ssm_state=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32),
         )
 
+    def runs_fused(self, hidden_states: torch.Tensor) -> bool:
+        """Whether `forward` on ``hidden_states`` runs as mamba_ssm's fused `mamba_inner_fn` (CUDA only)."""
+        return self.use_kernels and fused_mixer_available(hidden_states)
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(batch, length, d_model) -> (batch, length, d_model): a sequence that starts and ends here."""
-        if self.use_kernels and fused_mixer_available(hidden_states):
+        if self.runs_fused(hidden_states):
             return mamba_inner(hidden_states, self)  # mamba_ssm's fused path, on CUDA only
         return self._mix(hidden_states, None)[0]
 
@@ -338,13 +342,12 @@ def _in_chunks(step, sequence: torch.Tensor, chunk: int, reverse: bool = False, 
         piece = sequence[:, start:start + chunk]  # (batch, <= chunk, dim)
         out, state = step(piece.flip(1) if reverse else piece, state)
         out = out.flip(1) if reverse else out
-        if result is None:
+        if result is None:  # the first piece tells the output width
             result = out.new_empty(sequence.shape[0], length, out.shape[-1])
+        if add_to is None:
             result[:, start:start + chunk] = out
-        elif add_to is not None:
-            result[:, start:start + chunk] += out
         else:
-            result[:, start:start + chunk] = out
+            result[:, start:start + chunk] += out
     return result
 
 
@@ -403,7 +406,7 @@ class StormTemporalBlock(GradientCheckpointingLayer):
         # path runs: its scan takes no initial state, and it does not hold those intermediates anyway.
         chunk = self.inference_chunk_tokens
         chunked = (chunk is not None and not torch.is_grad_enabled() and hidden_states.shape[1] > chunk
-                   and not (self.forward_mixer.use_kernels and fused_mixer_available(hidden_states)))
+                   and not self.forward_mixer.runs_fused(hidden_states))
         if not self.bidirectional:
             if chunked:
                 return hidden_states + _in_chunks(self.forward_mixer.stream, normed, chunk)
