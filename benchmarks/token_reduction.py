@@ -57,7 +57,7 @@ def main():
         with torch.inference_mode():
             for _ in range(args.repeats + 1):  # the first round warms up
                 parts = model.model  # the model's own stages, as get_video_features chains them
-                patches, t_enc = timed(lambda: parts.select_patch_features(parts.run_vision_tower(video)))
+                patches, t_enc = timed(lambda: parts.vision_patch_features(video))  # micro-batched, as get_video_features
                 tokens, t_proj = timed(lambda: parts.projector(patches))
                 frames, per_frame, dim = tokens.shape
 
