@@ -42,3 +42,20 @@ def test_token_reduction_benchmark_runs_on_the_models_own_stages():
                              "--repeats", "1"], capture_output=True, text=True, env=OFFLINE, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "k=4, s=2" in result.stdout and "speed-up" in result.stdout
+
+
+def test_latency_benchmark_runs_every_arm_and_writes_json(tmp_path):
+    out = tmp_path / "latency.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latency.py"), "--shapes", "tiny", "--frames", "8",
+                             "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--json", str(out)],
+                            capture_output=True, text=True, env=OFFLINE, timeout=300)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    table = json.loads(out.read_text())["results"][0]
+    tokens = {arm: row["visual_tokens"] for arm, row in table["arms"].items()}
+    # 8 frames of 64 px / patch 8 -> 8x8 patches -> 4x4 = 16 tokens per frame after the pixel shuffle
+    assert tokens == {"storm none": 128, "storm k=4": 32, "storm s=2": 64, "storm k=4 s=2": 16, "storm p=2": 32,
+                      "baseline": 128, "llava-onevision": 8 * 16 + 1}  # LLaVA-OV: 2x2 pooling of 8x8, one newline
+    assert all(row["ttft"] > 0 and row["decode_per_token"] > 0 for row in table["arms"].values())
+    assert "ttft storm none / storm k=4 s=2 (target >= 3)" in table["ratios"]
