@@ -11,14 +11,21 @@ Videos (cached under benchmarks/.cache/):
   keyframe every 250 or every 32 frames, no scene-cut keyframes) whose frames carry their own index in 16
   black/white blocks, so every loader's frames are checked against the index that was asked for.
 
-For each frame count every loader reads the same uniformly spaced indices; the script prints the median time
-of each, the peak extra memory of one call (in a fresh process), whether the loaders' frames are
-pixel-identical to storm_hf's, and on the stamped videos how many returned frames are not the frame asked
-for. decord is optional: without it its rows are skipped.
+For each frame count every loader reads the same uniformly spaced indices, each call in a fresh process
+(calls interleaved over the repeats): `read_frames` as it runs by default (parallel decoders over keyframe
+ranges, one per core), `read_frames(workers=1)` (one decoder with FFmpeg's frame threads: the reader before
+parallel decoding), decord, transformers' `load_video` (one repeat by default: it decodes the whole video).
+From `--scaling-from` frames on, `read_frames` also runs pinned to 1 core (and 2, on machines with more):
+its scaling with cores. The script prints the median time of each, the median peak extra memory of a call
+(peak resident memory minus the memory before the call), whether the frames are pixel-identical to
+storm_hf's, on the stamped videos how many returned frames are not the frame asked for, and the speed-up
+over one decoder. decord is optional: without it its rows are skipped.
 """
 
 import argparse
+import hashlib
 import importlib.util
+import json
 import os
 import statistics
 import subprocess
@@ -126,38 +133,46 @@ def transformers_frames(path, indices):
     return frames
 
 
-def storm_frames(path, indices):
-    return read_frames(path, indices)[0]
+def storm_frames(path, indices, workers=None):
+    return read_frames(path, indices, workers=workers)[0]
 
 
-LOADERS = {"storm_hf": storm_frames, "decord": decord_frames, "transformers": transformers_frames}
-LABELS = {"storm_hf": "storm_hf.video_io.read_frames", "decord": "decord 0.6.0 VideoReader.get_batch",
-          "transformers": "transformers load_video(pyav)"}
+LOADERS = {
+    "storm_hf": storm_frames,
+    "storm_hf 1 decoder": lambda path, indices: storm_frames(path, indices, workers=1),
+    "decord": decord_frames,
+    "transformers": transformers_frames,
+}
+LABELS = {"storm_hf": "storm_hf read_frames", "storm_hf 1 decoder": "storm_hf read_frames(workers=1)",
+          "decord": "decord 0.6.0 get_batch", "transformers": "transformers load_video(pyav)"}
 
 
-def median_seconds(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def run_child(method, path, indices, cores=None):
+    """One call of ``method`` in a fresh process (on ``cores`` cores when given): seconds, peak extra memory,
+    a hash of the frames, and the index each frame shows (stamped videos)."""
+    command = [sys.executable, __file__, "--child", method, "--video", str(path), "--indices", json.dumps(indices)]
+    if cores:
+        command += ["--cores", str(cores)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{method} on {path.name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def peak_extra_mb(which, path, count):
-    out = subprocess.run([sys.executable, __file__, "--memory-probe", which, "--video", str(path), "--frames", str(count)],
-                         capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-def memory_probe(which, path, count):
-    indices = sample_frame_indices(probe_video(path).timestamps, num_frames=count)
+def child(method, path, indices, cores, stamped):
+    if cores:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
     with open("/proc/self/statm") as f:
         rss_before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    LOADERS[which](path, indices)
-    with open("/proc/self/status") as f:
+    start = time.perf_counter()
+    frames = LOADERS[method](path, indices)
+    seconds = time.perf_counter() - start
+    with open("/proc/self/status") as f:  # this process's own peak resident memory
         peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-    print((peak - rss_before) / 2**20)
+    frames = np.ascontiguousarray(frames)
+    print(json.dumps({"seconds": seconds, "peak_mb": (peak - rss_before) / 2**20, "shape": list(frames.shape),
+                      "sha1": hashlib.sha1(frames.tobytes()).hexdigest(),
+                      "stamps": read_stamps(frames) if stamped else None}))
 
 
 def main():
@@ -167,39 +182,59 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--videos", nargs="+", default=["bunny", "stamped-gop250", "stamped-gop32"],
                         choices=["bunny", "stamped-gop250", "stamped-gop32"])
-    parser.add_argument("--memory-probe", choices=list(LOADERS), help=argparse.SUPPRESS)
+    parser.add_argument("--loaders", nargs="+", default=list(LOADERS), choices=list(LOADERS))
+    parser.add_argument("--transformers-repeats", type=int, default=1,
+                        help="repeats of transformers' load_video (it decodes the whole video every call)")
+    parser.add_argument("--scaling-from", type=int, default=128,
+                        help="from this many frames on, also run read_frames on 1 core (and 2, when there are more)")
+    parser.add_argument("--child", choices=list(LOADERS), help=argparse.SUPPRESS)
     parser.add_argument("--video", help=argparse.SUPPRESS)
+    parser.add_argument("--indices", help=argparse.SUPPRESS)
+    parser.add_argument("--cores", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_probe:
-        return memory_probe(args.memory_probe, args.video, args.frames[0])
+    if args.child:
+        return child(args.child, Path(args.video), json.loads(args.indices), args.cores,
+                     Path(args.video).name.startswith("stamped"))
 
-    loaders = [name for name in LOADERS if name != "decord" or importlib.util.find_spec("decord")]
-    if "decord" not in loaders:
+    loaders = [name for name in args.loaders if name != "decord" or importlib.util.find_spec("decord")]
+    if "decord" in args.loaders and "decord" not in loaders:
         print("decord is not installed (pip install decord==0.6.0): its rows are skipped")
+    cores = len(os.sched_getaffinity(0))
+    print(f"PyAV {av.__version__}, {cores} cores; each call in a fresh process; median of {args.repeats} "
+          f"({args.transformers_repeats} for transformers), calls interleaved")
     for video in args.videos:
-        if video == "bunny":
-            path = long_video(args.minutes)
-        else:
-            path = stamped_video(args.minutes, gop=int(video.split("gop")[1]))
+        path = long_video(args.minutes) if video == "bunny" else stamped_video(args.minutes, int(video.split("gop")[1]))
         index = probe_video(path)
         print(f"\n{video}: {path.name}: {index.width}x{index.height}, {index.total_frames} frames, "
-              f"{index.duration:.0f} s, {len(index.keyframe_pts)} keyframes; PyAV {av.__version__}; median of "
-              f"{args.repeats}")
+              f"{index.duration:.0f} s, {len(index.keyframe_pts)} keyframes", flush=True)
         for count in args.frames:
             indices = sample_frame_indices(index.timestamps, num_frames=count).tolist()
-            reference = storm_frames(path, indices)
+            arms = [(name, None) for name in loaders]
+            if count >= args.scaling_from and "storm_hf" in loaders:
+                arms += [("storm_hf", n) for n in sorted({1, 2} & set(range(1, cores)))]
+            runs = {arm: [] for arm in arms}
+            for repeat in range(args.repeats):
+                for arm in arms[repeat % len(arms):] + arms[:repeat % len(arms)]:
+                    if arm[0] == "transformers" and len(runs[arm]) >= args.transformers_repeats:
+                        continue
+                    runs[arm].append(run_child(arm[0], path, indices, arm[1]))
+            reference = runs[("storm_hf", None)][0] if ("storm_hf", None) in runs else None
+            fastest_today = statistics.median(r["seconds"] for r in runs[("storm_hf 1 decoder", None)]) \
+                if ("storm_hf 1 decoder", None) in runs else None
             print(f"{count} frames:")
-            for name in loaders:
-                frames = reference if name == "storm_hf" else LOADERS[name](path, indices)
-                identical = frames.shape == reference.shape and bool(np.array_equal(frames, reference))
-                seconds = median_seconds(lambda: LOADERS[name](path, indices), args.repeats)
-                memory = peak_extra_mb(name, path, count)
-                exact = ""
-                if video.startswith("stamped"):
-                    wrong = sum(s != i for s, i in zip(read_stamps(frames), indices))
-                    exact = f"   wrong frames {wrong} of {len(indices)}"
-                print(f"  {LABELS[name]:36s} {seconds:7.2f} s   peak extra memory {memory:6.0f} MB   "
-                      f"identical to storm_hf {identical}{exact}", flush=True)
+            for (name, on_cores), results in runs.items():
+                seconds = statistics.median(r["seconds"] for r in results)
+                memory = statistics.median(r["peak_mb"] for r in results)
+                label = LABELS[name] + (f", {on_cores} core{'s' if on_cores > 1 else ''}" if on_cores else "")
+                line = f"  {label:42s} {seconds:7.2f} s   peak extra memory {memory:6.0f} MB"
+                if reference is not None:
+                    line += f"   identical to storm_hf {results[0]['sha1'] == reference['sha1']}"
+                if results[0]["stamps"] is not None:
+                    wrong = [i for s, i in zip(results[0]["stamps"], indices) if s != i]
+                    line += f"   wrong frames {len(wrong)} of {len(indices)}" + (f" (e.g. {wrong[:3]})" if wrong else "")
+                if fastest_today:
+                    line += f"   {fastest_today / seconds:.2f}x vs 1 decoder"
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -71,8 +71,11 @@ def library(tmp_path_factory):
     return made
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("case", CASES, ids=[f"{k}{'-cut' if c else ''}{'-vfr' if v else ''}" for k, c, v in CASES])
-def test_exact_frames_on_every_format(library, case, recorded):
+def test_exact_frames_on_every_format(library, case, workers, recorded, monkeypatch):
+    """One decoder, and 3 parallel decoders over keyframe ranges (split even for these short files)."""
+    monkeypatch.setattr(video_io, "MIN_FRAMES_PER_WORKER", 2)
     path = library[case]
     full = full_decode(path)
     with warnings.catch_warnings():
@@ -82,7 +85,7 @@ def test_exact_frames_on_every_format(library, case, recorded):
         rng = np.random.default_rng(0)
         for indices in [np.arange(len(full)), rng.integers(0, len(full), 7), [len(full) - 1, 0], [len(full) // 2]]:
             with time_limit(20):
-                frames, timestamps, _ = read_frames(path, indices)
+                frames, timestamps, _ = read_frames(path, indices, workers=workers)
             for frame, i in zip(frames, indices):
                 assert np.array_equal(frame, full[i]), f"frame {i}"
     for call in recorded:  # a hard bound on work: a few times the stream at most

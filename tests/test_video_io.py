@@ -161,3 +161,56 @@ def test_progress_bar_on_request_and_off_when_not_a_terminal(videos, monkeypatch
         hf_logging.enable_progress_bar()
     read_frames(videos["bframes"], [5, 50, 90])
     assert "decoding bframes.mp4" in capsys.readouterr().err
+
+
+def test_split_at_keyframes_cuts_only_between_groups_of_pictures_into_balanced_parts(videos):
+    import storm_hf.video_io as video_io
+
+    index = probe_video(videos["bframes"])  # 100 frames, a keyframe every 12
+    keyframe_frames = np.searchsorted(index.frame_pts, index.keyframe_pts)
+    wanted = list(range(0, 100, 3))
+    parts = video_io._split_at_keyframes(index, wanted, 3)
+    assert len(parts) == 3 and sum(parts, []) == wanted  # contiguous, in order, nothing lost or repeated
+    for left, right in zip(parts, parts[1:]):  # a keyframe lies between the parts: no group decoded twice
+        assert np.any((keyframe_frames > left[-1]) & (keyframe_frames <= right[0]))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 5  # about equal work (frames spread evenly)
+    assert video_io._split_at_keyframes(index, [5, 6, 7], 4) == [[5, 6, 7]]  # one group: nothing to split
+    assert video_io._split_at_keyframes(index, wanted, 1) == [wanted]
+
+
+@pytest.mark.parametrize("workers", [None, 1, 2, 5])
+def test_parallel_decoders_give_the_same_frames_from_paths_and_bytes(videos, workers, monkeypatch):
+    import storm_hf.video_io as video_io
+
+    monkeypatch.setattr(video_io, "MIN_FRAMES_PER_WORKER", 2)  # split even this short video
+    full = full_decode(videos["bframes"])
+    indices = [99, 0, 13, 13, 50, 61, 62, 87, 24]
+    data = open(videos["bframes"], "rb").read()
+    for source in (videos["bframes"], data, io.BytesIO(data)):
+        frames, _, _ = read_frames(source, indices, workers=workers)
+        assert all(np.array_equal(f, full[i]) for f, i in zip(frames, indices))
+
+
+def test_a_failing_decoder_stops_the_call_with_its_error(videos, monkeypatch):
+    import storm_hf.video_io as video_io
+
+    monkeypatch.setattr(video_io, "MIN_FRAMES_PER_WORKER", 2)
+    real = video_io._read_by_seeking
+    started = []
+
+    def failing(decoder, index, wanted, deliver):
+        started.append(decoder.stop)
+        if 90 in wanted:
+            raise VideoReadError(f"{decoder.name}: frame 90 could not be decoded (test).")
+        return real(decoder, index, wanted, deliver)
+
+    monkeypatch.setattr(video_io, "_read_by_seeking", failing)
+    with pytest.raises(VideoReadError, match="frame 90 could not be decoded"):
+        read_frames(videos["bframes"], [1, 30, 60, 90], workers=4)
+    assert len(started) > 1 and all(stop is started[0] and stop.is_set() for stop in started)
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_workers_must_be_a_positive_integer(videos, workers):
+    with pytest.raises(ValueError, match="workers must be a positive integer or None"):
+        read_frames(videos["bframes"], [0], workers=workers)

@@ -23,6 +23,13 @@ Why this is exact, and why it always ends:
 * Files whose packets lack timestamps, or share them (raw elementary streams, some broken files), cannot
   be seeked exactly: they are read by decoding from the start and numbering the frames as they come.
 
+Parallel decoding: the wanted frames are cut, only where a keyframe lies between two of them, into
+contiguous ranges of about equal decoding work, one per core (`read_frames(workers=...)`); each range is read
+as above by its own single-threaded decoder on its own container, on its own thread (FFmpeg releases the GIL
+while it decodes). No group of pictures is decoded by two workers, so the work is the same as one decoder's,
+spread over the cores; the first failure stops the other workers. One decoder with FFmpeg's frame threads
+is slower here: its pipeline is refilled after every seek (benchmarks/RESULTS.md).
+
 Policies (documented choices):
 * A packet that fails to decode is skipped (one warning per call names the file and the count); a wanted
   frame lost that way is replaced by the next frame that decodes (warned too). A wanted frame after the
@@ -189,7 +196,7 @@ def _decode(packet, codec):
         return [], True
 
 
-def _video_stream(container, name):
+def _video_stream(container, name, thread_type="AUTO"):
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise VideoReadError(f"{name}: the file has no video stream (streams: {', '.join(kinds)}).")
@@ -198,7 +205,7 @@ def _video_stream(container, name):
         codec = getattr(getattr(stream, "codec", None), "name", None) or "unknown"
         raise VideoReadError(f"{name}: the video codec ({codec}) cannot be decoded (unknown, unsupported or a "
                              "corrupt header).")
-    stream.thread_type = "AUTO"
+    stream.thread_type = thread_type
     return stream
 
 
@@ -424,6 +431,10 @@ class _OverBudget(Exception):
     """Raised inside a run when the call has decoded more packets than its current limit allows."""
 
 
+class _Cancelled(Exception):
+    """Raised inside a run when another worker of the same call failed: the call is over."""
+
+
 class _SeekMissed(Exception):
     """Raised inside a run that started with a seek, when it cannot give exact frames for its target: the
     seek landed after the target, on packets the index does not know, or the decoder put out no keyframe
@@ -443,8 +454,10 @@ class _Decoder:
     ``packets_decoded`` counts the call's work; beyond ``limit`` a run raises `_OverBudget`.
     """
 
-    def __init__(self, source, name, index: VideoIndex, wanted_pts: set):
+    def __init__(self, source, name, index: VideoIndex, wanted_pts: set, thread_type: str = "AUTO", stop=None):
         self.source, self.name, self.index, self.wanted_pts = source, name, index, wanted_pts
+        self.thread_type = thread_type  # FFmpeg's threading of this decoder ("AUTO", "SLICE", "NONE")
+        self.stop = stop  # a threading.Event set when another worker of the call failed
         self.limit = WORK_BOUND_FACTOR * index.num_packets + WORK_BOUND_EXTRA
         self.packets_decoded = 0
         self.decode_errors = 0
@@ -475,7 +488,7 @@ class _Decoder:
     def _ensure_open(self):
         if self.container is None:
             self.container = _open(self.source, self.name)
-            self.stream = _video_stream(self.container, self.name)
+            self.stream = _video_stream(self.container, self.name, self.thread_type)
 
     def from_start(self):
         """A full decode, from a freshly opened container (no seek)."""
@@ -523,6 +536,8 @@ class _Decoder:
             self.packets_decoded += 1
             if self.packets_decoded > self.limit:
                 raise _OverBudget()
+            if self.stop is not None and self.stop.is_set():
+                raise _Cancelled()
             end = packet is None or packet.size == 0
             if not end and packet.is_discard:
                 continue
@@ -586,8 +601,8 @@ def _progress_bar(progress, total, name):
                 leave=False)
 
 
-def read_frames(source, indices, index: VideoIndex | None = None, progress: bool | None = None
-                ) -> tuple[np.ndarray, np.ndarray, VideoIndex]:
+def read_frames(source, indices, index: VideoIndex | None = None, progress: bool | None = None,
+                workers: int | None = None) -> tuple[np.ndarray, np.ndarray, VideoIndex]:
     """Decode exactly the frames at ``indices`` (any order, repeats allowed).
 
     Args:
@@ -595,12 +610,20 @@ def read_frames(source, indices, index: VideoIndex | None = None, progress: bool
         indices: frame indices in presentation order (0 .. total_frames - 1).
         index: the video's `VideoIndex` from `probe_video`, when already known.
         progress: show a progress bar (None: on an interactive terminal, for decodes longer than 1 s).
+        workers: decoding threads. The wanted frames are split at keyframes into contiguous ranges of about
+            equal decoding work, and each range is decoded by its own single-threaded decoder on its own
+            container, in parallel (FFmpeg releases the GIL while it decodes). None: one per core this process
+            may run on, at most `MAX_DECODE_WORKERS`, fewer when there is little to decode. 1: one decoder
+            with FFmpeg's own frame threading. Only paths and bytes (`io.BytesIO`) can be opened more than
+            once; other file objects, and videos without usable timestamps, use one decoder.
     Returns:
         frames: (len(indices), height, width, 3) uint8 RGB, in the order of ``indices``;
         timestamps: (len(indices),) seconds; the `VideoIndex` of the video.
     """
     name = _describe(source)
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise ValueError(f"read_frames: workers must be a positive integer or None, got {workers!r}.")
     source = _check_source(source, name)
     if index is None:
         index = probe_video(source)
@@ -621,33 +644,122 @@ def read_frames(source, indices, index: VideoIndex | None = None, progress: bool
         out[:] = image
         return out, index.timestamps[indices], index
 
+    wanted = sorted(positions)
+    parts = [wanted]
+    if index.seekable and workers != 1 and (isinstance(source, (str, os.PathLike)) or type(source) is io.BytesIO):
+        parts = _split_at_keyframes(index, wanted, workers or _default_workers())
+    bar = _progress_bar(progress, len(wanted), name)
+    try:
+        if len(parts) == 1:
+            decode_errors, replaced = _read_part(source, name, index, wanted, positions, out, bar, "AUTO", None)
+        else:
+            decode_errors, replaced = _read_parts_in_parallel(source, name, index, parts, positions, out, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if decode_errors:
+        warnings.warn(f"{name}: skipped {decode_errors} video packet(s) that failed to decode.", stacklevel=2)
+    if replaced:
+        shown = ", ".join(map(str, replaced[:10])) + (", ..." if len(replaced) > 10 else "")
+        warnings.warn(f"{name}: frame(s) {shown} did not decode; each is replaced by the next frame that did.",
+                      stacklevel=2)
+    return out, index.timestamps[indices], index
+
+
+# Decoding threads at most (read_frames' default takes one per available core, up to this).
+MAX_DECODE_WORKERS = 8
+# Frames of estimated decoding work below which a range is not split off for another worker (opening a
+# container and starting a decoder costs about as much as decoding a few frames).
+MIN_FRAMES_PER_WORKER = 24
+
+
+def _default_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may run on (taskset, cgroups' cpusets)
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_DECODE_WORKERS))
+
+
+def _reopened(source, count):
+    """``count`` independent sources reading the path or `io.BytesIO` ``source``."""
+    if isinstance(source, (str, os.PathLike)):
+        return [source] * count
+    data = source.getvalue()  # shares the bytes of a BytesIO made from bytes (no copy)
+    return [io.BytesIO(data) for _ in range(count)]
+
+
+def _split_at_keyframes(index: VideoIndex, wanted: list[int], workers: int) -> list[list[int]]:
+    """``wanted`` (ascending frame indices) cut into at most ``workers`` contiguous parts of about equal
+    decoding work, only where a keyframe separates two wanted frames (so no group of pictures is decoded by
+    two workers). The work of the frames sharing a keyframe is estimated as the frames from that keyframe to
+    the last of them, in presentation order."""
+    wanted_arr = np.asarray(wanted, dtype=np.int64)
+    keyframe_frames = np.searchsorted(index.frame_pts, index.keyframe_pts)  # frame index of each keyframe
+    group = np.searchsorted(keyframe_frames, wanted_arr, side="right") - 1  # keyframe each frame follows (-1: none)
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])  # first wanted frame of each group
+    ends = np.r_[starts[1:], len(wanted_arr)]
+    first_frame = np.where(group[starts] >= 0, keyframe_frames[np.maximum(group[starts], 0)], 0)
+    cost = wanted_arr[ends - 1] - first_frame + 1  # (groups,) frames decoded for each group, about
+    total = int(cost.sum())
+    workers = max(1, min(workers, len(starts), total // MIN_FRAMES_PER_WORKER))
+    if workers == 1:
+        return [wanted]
+    # cut before the group where the cumulative work first reaches each j / workers of the total
+    cumulative = np.cumsum(cost) - cost  # work before each group
+    cuts = sorted({int(np.searchsorted(cumulative, total * j / workers)) for j in range(1, workers)} - {0, len(starts)})
+    bounds = [0] + [int(starts[c]) for c in cuts] + [len(wanted)]
+    return [wanted[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def _read_part(source, name, index, wanted, positions, out, bar, thread_type, stop):
+    """Decode the frames ``wanted`` (ascending) into their rows of ``out``. Returns (packets that failed to
+    decode, frames replaced by the next one)."""
     from av.video.reformatter import VideoReformatter
 
-    wanted = sorted(positions)
-    bar = _progress_bar(progress, len(wanted), name)
-    reformatter = VideoReformatter()
+    reformatter = VideoReformatter()  # one per thread: it keeps its conversion context between frames
 
     def deliver(i, frame):
         out[positions[i]] = _to_rgb(frame, index, reformatter)
         if bar is not None:
             bar.update(1)
 
-    try:
-        with _Decoder(source, name, index, set(index.frame_pts[wanted].tolist())) as decoder:
-            if index.seekable:
-                replaced = _read_by_seeking(decoder, index, wanted, deliver)
-            else:
-                replaced = _read_in_order(decoder, wanted, deliver)
-    finally:
-        if bar is not None:
-            bar.close()
-    if decoder.decode_errors:
-        warnings.warn(f"{name}: skipped {decoder.decode_errors} video packet(s) that failed to decode.", stacklevel=2)
-    if replaced:
-        shown = ", ".join(map(str, replaced[:10])) + (", ..." if len(replaced) > 10 else "")
-        warnings.warn(f"{name}: frame(s) {shown} did not decode; each is replaced by the next frame that did.",
-                      stacklevel=2)
-    return out, index.timestamps[indices], index
+    with _Decoder(source, name, index, set(index.frame_pts[wanted].tolist()), thread_type, stop) as decoder:
+        if index.seekable:
+            replaced = _read_by_seeking(decoder, index, wanted, deliver)
+        else:
+            replaced = _read_in_order(decoder, wanted, deliver)
+    return decoder.decode_errors, replaced
+
+
+def _read_parts_in_parallel(source, name, index, parts, positions, out, bar):
+    """`_read_part` for each part on its own thread, decoder and container (FFmpeg threading off: the
+    workers are the parallelism). The first failure stops the other workers and is raised."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    stop = threading.Event()
+    sources = _reopened(source, len(parts))
+
+    def work(part, part_source):
+        try:
+            return _read_part(part_source, name, index, part, positions, out, bar, "NONE", stop)
+        except BaseException:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="storm-hf-decode") as pool:
+        futures = [pool.submit(work, part, part_source) for part, part_source in zip(parts, sources)]
+    errors = [f.exception() for f in futures]
+    failures = [e for e in errors if e is not None and not isinstance(e, _Cancelled)]
+    if failures:
+        raise failures[0]
+    decode_errors, replaced = 0, []
+    for future in futures:
+        part_errors, part_replaced = future.result()
+        decode_errors += part_errors
+        replaced += part_replaced
+    return decode_errors, replaced
 
 
 def _read_in_order(decoder, wanted, deliver) -> list[int]:
