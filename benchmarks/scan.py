@@ -2,6 +2,7 @@
 
     python benchmarks/scan.py                       # length 4096 and 16384, accuracy check at 4096
     python benchmarks/scan.py --lengths 4096 --repeats 5 --compile
+    python benchmarks/scan.py --lengths 4096 --under-load 0 1 4   # beside 0, 1 and 4 busy processes
 
 Shapes follow one STORM mixer at d_model 1024: d_inner 2048, d_state 16, batch 1, fp32 (4096 tokens =
 64 frames x 64 tokens). Printed for each length (median of --repeats runs after one warm-up, all in this
@@ -15,6 +16,11 @@ process, so the ratios compare like with like on a noisy machine):
 * `storm_hf`: `selective_scan_torch`, forward (no grad) and forward+backward.
 * extra peak memory of one forward call (resident set, measured in a fresh subprocess).
 * relative error against the float64 per-step reference, forward and every gradient.
+
+`--under-load N ...` measures instead, beside N busy-loop processes for each N (a quiet machine, one busy
+neighbour, a machine loaded N deep): the scan (`CPU_SCAN_THREADS`, one intra-op thread, the default) and the
+same scan with all of the process's threads, the two plain per-step loops, and a whole mixer forward
+(projections included) with our scan and with the contiguous per-step loop in its place.
 """
 
 import argparse
@@ -147,6 +153,66 @@ def mixer_figures(length, repeats):
     return forward, median_seconds(train_step, repeats)
 
 
+def under_load(length, loads, repeats):
+    import storm_hf.modeling_storm as modeling
+    import storm_hf.selective_scan as scan_module
+
+    x = make_inputs(length, 2048, 16)
+    mixer = StormMambaMixer(d_model=1024, d_state=16).eval()
+    hidden = torch.randn(1, length, 1024)
+    real_scan = modeling.selective_scan
+
+    def loop_scan(*args, use_kernel=False, **kwargs):
+        return selective_scan_sequential(*args, **kwargs)
+
+    def mixer_with(scan):
+        def run():
+            modeling.selective_scan = scan
+            try:
+                return mixer(hidden)
+            finally:
+                modeling.selective_scan = real_scan
+        return run
+
+    def all_threads(run):
+        def wrapped():
+            scan_module.CPU_SCAN_THREADS = None
+            try:
+                return run()
+            finally:
+                scan_module.CPU_SCAN_THREADS = 1
+        return wrapped
+
+    arms = {
+        "scan storm_hf (1 intra-op thread)": lambda: call(selective_scan_torch, x),
+        f"scan storm_hf ({torch.get_num_threads()} threads)": all_threads(lambda: call(selective_scan_torch, x)),
+        "loop (contiguous)": lambda: call(selective_scan_sequential, x),
+        "loop (mamba_ssm layout)": lambda: call(loop_channel_major, x),
+        "mixer storm_hf": mixer_with(real_scan),
+        "mixer with the contiguous loop": mixer_with(loop_scan),
+    }
+    print(f"\nunder load: length {length}, median of {repeats} after a warm-up, {torch.get_num_threads()} threads")
+    for load in loads:
+        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
+        try:
+            time.sleep(1.0)
+            with torch.no_grad():
+                seconds = {name: median_seconds(run, repeats) for name, run in arms.items()}
+        finally:
+            for process in busy:
+                process.kill()
+                process.wait()
+        ours, mixer_ours = seconds["scan storm_hf (1 intra-op thread)"], seconds["mixer storm_hf"]
+        print(f"  {load} busy process(es):")
+        for name, value in seconds.items():
+            versus = ""
+            if name.startswith("loop"):
+                versus = f"   -> storm_hf scan {value / ours:.1f}x faster"
+            elif name == "mixer with the contiguous loop":
+                versus = f"   -> storm_hf mixer {value / mixer_ours:.1f}x faster"
+            print(f"    {name:36s} {value * 1e3:9.1f} ms{versus}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
@@ -156,10 +222,14 @@ def main():
     parser.add_argument("--no-check", action="store_true", help="skip the float64 accuracy check")
     parser.add_argument("--no-baseline-above", type=int, default=4096,
                         help="skip the plain loops above this length (they take seconds each)")
+    parser.add_argument("--under-load", type=int, nargs="+", metavar="N",
+                        help="only the comparison beside N busy-loop processes, for each N given")
     parser.add_argument("--memory-probe", choices=["storm_hf", "loop_ref", "loop_channel", "loop"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
         return memory_probe(args.memory_probe, args.lengths[0], args.d_inner, args.d_state)
+    if args.under_load:
+        return under_load(args.lengths[0], args.under_load, args.repeats)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, "
           f"d_inner {args.d_inner}, d_state {args.d_state}; median of {args.repeats} after a warm-up")

@@ -146,3 +146,43 @@ def test_fused_kernel_agrees_with_torch_path():
     fused = selective_scan(*args)
     torch_path = selective_scan(*args, use_kernel=False)
     assert rel_err(fused, torch_path.double()) < 1e-4
+
+
+def test_scan_runs_with_cpu_scan_threads_and_restores_the_process_setting(monkeypatch):
+    import threading
+
+    import storm_hf.selective_scan as scan_module
+
+    seen = []
+    real = scan_module._run_recurrence
+
+    def recording(*args):
+        seen.append(torch.get_num_threads())
+        return real(*args)
+
+    monkeypatch.setattr(scan_module, "_run_recurrence", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        u, delta, z = (torch.randn(1, 40, 8, generator=g, requires_grad=True) for _ in range(3))
+        B, C = torch.randn(1, 40, 4, generator=g), torch.randn(1, 40, 4, generator=g)
+        A = -torch.rand(8, 4, generator=g)
+        y = selective_scan_torch(u, delta, A, B, C, z=z, delta_softplus=True)
+        y.sum().backward()  # the backward recomputes the states: the recurrence runs again
+        assert seen and set(seen) == {scan_module.CPU_SCAN_THREADS}
+        assert torch.get_num_threads() == 2
+        # scans on several threads at once: the setting comes back when the last one leaves
+        workers = [threading.Thread(target=lambda: selective_scan_torch(u.detach(), delta.detach(), A, B, C))
+                   for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(scan_module, "CPU_SCAN_THREADS", None)  # None: the process's own setting
+        seen.clear()
+        selective_scan_torch(u.detach(), delta.detach(), A, B, C)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)

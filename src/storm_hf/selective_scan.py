@@ -35,6 +35,8 @@ length 4096; see benchmarks/RESULTS.md):
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +47,41 @@ from torch.autograd.function import once_differentiable
 # d_inner 2048, d_state 16). Measured on a 2-core CPU: 2**18..2**22 are within ~15% of each other; smaller
 # blocks make the per-step ops cheaper (cache) but add per-block launches.
 _BLOCK_ELEMENTS = 2**20
+
+
+# Intra-op threads of the scan on a CPU (forward and backward; None: the process's setting). Its ops are
+# many and small (per 4 MiB block a few vectorised passes, then one 32k-element addcmul per step): a second
+# thread gains ~8% on a quiet 2-core machine, and every op that is split over threads waits for the slowest
+# of them, so on a busy machine (threads descheduled) the same scan was 4-5x slower with 2 threads than with
+# one (benchmarks/scan.py --under-load). The projections around it (large matmuls) keep all threads.
+CPU_SCAN_THREADS: int | None = 1
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_before = 0
+
+
+@contextmanager
+def _scan_threads(device: torch.device):
+    """Run the block with `CPU_SCAN_THREADS` intra-op threads on a CPU; the process's setting is restored when
+    the last scan running (on any thread) leaves."""
+    global _threads_users, _threads_before
+    if device.type != "cpu" or CPU_SCAN_THREADS is None:
+        yield
+        return
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_before = torch.get_num_threads()
+            if _threads_before > CPU_SCAN_THREADS:
+                torch.set_num_threads(CPU_SCAN_THREADS)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0 and torch.get_num_threads() != _threads_before:
+                torch.set_num_threads(_threads_before)
 
 
 def _steps_per_block(length: int, batch: int, d_state: int, d_inner: int) -> int:
@@ -138,6 +175,11 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_h_last):
+        with _scan_threads(grad_out.device if grad_out is not None else ctx.saved_tensors[0].device):
+            return _SelectiveScanFn._backward(ctx, grad_out, grad_h_last)
+
+    @staticmethod
+    def _backward(ctx, grad_out, grad_h_last):
         u, delta, A_t, B, C, D, z, delta_bias, block_starts = ctx.saved_tensors
         softplus, steps = ctx.softplus, ctx.steps
         length, batch, d_inner = u.shape
@@ -279,7 +321,7 @@ def selective_scan_torch(
     )
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     # The recurrence is fp32 by design: autocast (mixed-precision training) must not recast its matmuls.
-    with torch.autocast(device_type=u.device.type, enabled=False):
+    with torch.autocast(device_type=u.device.type, enabled=False), _scan_threads(u.device):
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
             y, h_last = _SelectiveScanFn.apply(*args)
         else:
