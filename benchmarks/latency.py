@@ -299,7 +299,8 @@ def main():
     parser.add_argument("--shapes", choices=list(SHAPES), default="small")
     parser.add_argument("--frames", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1, help="rounds run first and not counted")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="rounds run first and not counted (at min(frames, 8) frames, before the first count)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -315,6 +316,10 @@ def main():
         baseline = build_storm(args.shapes, 0, args.torch_dtype, args.device) if "baseline" in args.arms else None
         llava = (build_llava_onevision(args.shapes, args.torch_dtype, args.device)
                  if "llava-onevision" in args.arms else None)
+        if args.warmup:  # code paths, allocator and thread pools warmed up on a short video
+            measure(argparse.Namespace(**{**vars(args), "repeats": args.warmup, "warmup": 0}),
+                    min(8, min(args.frames)), (storm, baseline, llava))
+        args.warmup = 0
         results = []
         for frames in args.frames:
             table = measure(args, frames, (storm, baseline, llava))

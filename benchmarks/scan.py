@@ -1,7 +1,7 @@
 """Selective-scan benchmark: the pure-PyTorch scan against plain per-timestep loops, side by side.
 
     python benchmarks/scan.py                       # length 4096 and 16384, accuracy check at 4096
-    python benchmarks/scan.py --lengths 4096 --repeats 5 --compile
+    python benchmarks/scan.py --lengths 4096 --repeats 5
     python benchmarks/scan.py --lengths 4096 --under-load 0 1 4   # beside 0, 1 and 4 busy processes
 
 Shapes follow one STORM mixer at d_model 1024: d_inner 2048, d_state 16, batch 1, fp32 (4096 tokens =
@@ -13,6 +13,8 @@ process, so the ratios compare like with like on a noisy machine):
 * `loop (ref, materialised)`: the per-step loop as mamba_ssm's `selective_scan_ref` and transformers'
   MambaMixer slow path write it: decays and inputs materialised for all steps up front.
 * `loop (contiguous)`: `storm_hf.selective_scan_sequential`, a per-step loop on contiguous slices.
+* `mamba_ssm selective_scan_ref`: mamba_ssm's own reference, when mamba_ssm is importable (on a CPU:
+  `PY=$(bash .ci/mamba_ssm_env | tail -n1) && $PY benchmarks/scan.py`).
 * `storm_hf`: `selective_scan_torch`, forward (no grad) and forward+backward.
 * extra peak memory of one forward call (resident set, measured in a fresh subprocess).
 * relative error against the float64 per-step reference, forward and every gradient.
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -80,9 +83,26 @@ def loop_channel_major(u, delta, A, B, C, D, z, delta_bias):
     return (y * torch.nn.functional.silu(z)).transpose(1, 2)
 
 
+def mamba_ssm_reference():
+    """mamba_ssm's `selective_scan_ref` taking our (batch, length, x) layout, or None without mamba_ssm."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.mamba_reference import load
+
+    refs = load()
+    if refs is None:
+        return None
+
+    def selective_scan_ref(u, delta, A, B, C, D, z, delta_bias):
+        u, delta, z, B, C = (t.transpose(1, 2) for t in (u, delta, z, B, C))  # its (batch, x, length) layout
+        return refs.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True).transpose(1, 2)
+
+    return selective_scan_ref
+
+
 def call(fn, x):
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"])
-    return fn(*args) if fn in (loop_reference_layout, loop_channel_major) else fn(*args, delta_softplus=True)
+    plain = fn in (loop_reference_layout, loop_channel_major) or fn.__name__ == "selective_scan_ref"
+    return fn(*args) if plain else fn(*args, delta_softplus=True)
 
 
 def median_seconds(run, repeats):
@@ -114,7 +134,7 @@ def peak_extra_memory_mb(which, length, d_inner, d_state):
 def memory_probe(which, length, d_inner, d_state):
     x = make_inputs(length, d_inner, d_state)
     fn = {"storm_hf": selective_scan_torch, "loop_ref": loop_reference_layout, "loop_channel": loop_channel_major,
-          "loop": selective_scan_sequential}[which]
+          "loop": selective_scan_sequential}.get(which) or mamba_ssm_reference()
     with open("/proc/self/statm") as f:
         rss_before = int(f.read().split()[1]) * resource.getpagesize()
     with torch.no_grad():
@@ -161,6 +181,7 @@ def under_load(length, loads, repeats):
     mixer = StormMambaMixer(d_model=1024, d_state=16).eval()
     hidden = torch.randn(1, length, 1024)
     real_scan = modeling.selective_scan
+    reference = mamba_ssm_reference()
 
     def loop_scan(*args, use_kernel=False, **kwargs):
         return selective_scan_sequential(*args, **kwargs)
@@ -188,6 +209,7 @@ def under_load(length, loads, repeats):
         f"scan storm_hf ({torch.get_num_threads()} threads)": all_threads(lambda: call(selective_scan_torch, x)),
         "loop (contiguous)": lambda: call(selective_scan_sequential, x),
         "loop (mamba_ssm layout)": lambda: call(loop_channel_major, x),
+        **({"mamba_ssm selective_scan_ref": (lambda: call(reference, x))} if reference is not None else {}),
         "mixer storm_hf": mixer_with(real_scan),
         "mixer with the contiguous loop": mixer_with(loop_scan),
     }
@@ -206,7 +228,7 @@ def under_load(length, loads, repeats):
         print(f"  {load} busy process(es):")
         for name, value in seconds.items():
             versus = ""
-            if name.startswith("loop"):
+            if name.startswith("loop") or name.startswith("mamba_ssm"):
                 versus = f"   -> storm_hf scan {value / ours:.1f}x faster"
             elif name == "mixer with the contiguous loop":
                 versus = f"   -> storm_hf mixer {value / mixer_ours:.1f}x faster"
@@ -224,7 +246,7 @@ def main():
                         help="skip the plain loops above this length (they take seconds each)")
     parser.add_argument("--under-load", type=int, nargs="+", metavar="N",
                         help="only the comparison beside N busy-loop processes, for each N given")
-    parser.add_argument("--memory-probe", choices=["storm_hf", "loop_ref", "loop_channel", "loop"], help=argparse.SUPPRESS)
+    parser.add_argument("--memory-probe", choices=["storm_hf", "loop_ref", "loop_channel", "loop", "mamba_ssm_ref"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
         return memory_probe(args.memory_probe, args.lengths[0], args.d_inner, args.d_state)
@@ -243,11 +265,13 @@ def main():
         print(f"  {'storm_hf forward':26s}  {ours * 1e3:9.1f} ms   extra peak memory {mem:7.0f} MB")
         print(f"  {'storm_hf forward+backward':26s}  {ours_train * 1e3:9.1f} ms   = {ours_train / ours:.2f}x its forward")
         if length <= args.no_baseline_above:
-            for name, fn, probe in (
-                ("loop (mamba_ssm layout)", loop_channel_major, "loop_channel"),
-                ("loop (ref, materialised)", loop_reference_layout, "loop_ref"),
-                ("loop (contiguous)", selective_scan_sequential, "loop"),
-            ):
+            arms = [("loop (mamba_ssm layout)", loop_channel_major, "loop_channel"),
+                    ("loop (ref, materialised)", loop_reference_layout, "loop_ref"),
+                    ("loop (contiguous)", selective_scan_sequential, "loop")]
+            reference = mamba_ssm_reference()
+            if reference is not None:
+                arms.insert(0, ("mamba_ssm selective_scan_ref", reference, "mamba_ssm_ref"))
+            for name, fn, probe in arms:
                 with torch.no_grad():
                     seconds = median_seconds(lambda: call(fn, x), args.repeats)
                 loop_mem = peak_extra_memory_mb(probe, length, args.d_inner, args.d_state)
