@@ -20,8 +20,9 @@ process, so the ratios compare like with like on a noisy machine):
 * relative error against the float64 per-step reference, forward and every gradient.
 
 `--under-load N ...` measures instead, beside N busy-loop processes for each N (a quiet machine, one busy
-neighbour, a machine loaded N deep): the scan (`CPU_SCAN_THREADS`, one intra-op thread, the default) and the
-same scan with all of the process's threads, the two plain per-step loops, and a whole mixer forward
+neighbour, a machine loaded N deep): the scan as it runs by default (`CPU_SCAN_THREADS="auto"`: the cores
+no other task is running on), with one intra-op thread and with all of the process's threads, the plain
+per-step loops (and mamba_ssm's `selective_scan_ref` when importable), and a whole mixer forward
 (projections included) with our scan and with the contiguous per-step loop in its place.
 """
 
@@ -195,18 +196,20 @@ def under_load(length, loads, repeats):
                 modeling.selective_scan = real_scan
         return run
 
-    def all_threads(run):
+    def with_threads(setting, run):
         def wrapped():
-            scan_module.CPU_SCAN_THREADS = None
+            default, scan_module.CPU_SCAN_THREADS = scan_module.CPU_SCAN_THREADS, setting
             try:
                 return run()
             finally:
-                scan_module.CPU_SCAN_THREADS = 1
+                scan_module.CPU_SCAN_THREADS = default
         return wrapped
 
+    scan = lambda: call(selective_scan_torch, x)  # noqa: E731
     arms = {
-        "scan storm_hf (1 intra-op thread)": lambda: call(selective_scan_torch, x),
-        f"scan storm_hf ({torch.get_num_threads()} threads)": all_threads(lambda: call(selective_scan_torch, x)),
+        "scan storm_hf (threads auto)": scan,
+        "scan storm_hf (1 thread)": with_threads(1, scan),
+        f"scan storm_hf ({torch.get_num_threads()} threads)": with_threads(None, scan),
         "loop (contiguous)": lambda: call(selective_scan_sequential, x),
         "loop (mamba_ssm layout)": lambda: call(loop_channel_major, x),
         **({"mamba_ssm selective_scan_ref": (lambda: call(reference, x))} if reference is not None else {}),
@@ -224,7 +227,7 @@ def under_load(length, loads, repeats):
             for process in busy:
                 process.kill()
                 process.wait()
-        ours, mixer_ours = seconds["scan storm_hf (1 intra-op thread)"], seconds["mixer storm_hf"]
+        ours, mixer_ours = seconds["scan storm_hf (threads auto)"], seconds["mixer storm_hf"]
         print(f"  {load} busy process(es):")
         for name, value in seconds.items():
             versus = ""

@@ -161,6 +161,7 @@ def test_scan_runs_with_cpu_scan_threads_and_restores_the_process_setting(monkey
         return real(*args)
 
     monkeypatch.setattr(scan_module, "_run_recurrence", recording)
+    monkeypatch.setattr(scan_module, "CPU_SCAN_THREADS", 1)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -186,3 +187,24 @@ def test_scan_runs_with_cpu_scan_threads_and_restores_the_process_setting(monkey
         assert set(seen) == {2}
     finally:
         torch.set_num_threads(before)
+
+
+def test_auto_scan_threads_use_the_cores_no_other_task_runs_on(monkeypatch):
+    import storm_hf.selective_scan as scan_module
+
+    monkeypatch.setattr(scan_module, "CPU_SCAN_THREADS", "auto")
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        big = scan_module._AUTO_MIN_ELEMENTS
+        for free, expected in [(4, 4), (8, 4), (3, 3), (1, 1), (0, 1), (-3, 1), (None, None)]:
+            monkeypatch.setattr(scan_module, "_free_cores", lambda free=free: free)
+            assert scan_module._scan_thread_count(big) == expected, free
+        assert scan_module._scan_thread_count(big - 1) == 1  # small scans: one thread, no /proc reads
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.undo()
+    free = scan_module._free_cores()  # the real reading, on Linux: at most the cores this process may use
+    import os
+
+    assert free is None or free <= len(os.sched_getaffinity(0))

@@ -1,5 +1,6 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
-"""The `storm-hf` command: `storm-hf train CONFIG` (storm_hf.train) and `storm-hf demo ...` (storm_hf.demo)."""
+"""The `storm-hf` command: `storm-hf train CONFIG` (storm_hf.train), `storm-hf demo ...` (storm_hf.demo) and
+`storm-hf eval DATA ...` (storm_hf.eval_runner)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 COMMANDS = {
     "train": "fine-tune with a JSON/YAML config (see storm_hf.train)",
     "demo": "ask a model about a video; without arguments, run held-out benchmark clips (see storm_hf.demo)",
+    "eval": "evaluate a model on a local JSON/JSONL video QA set (see storm_hf.eval_runner)",
 }
 
 
@@ -32,13 +34,15 @@ def main(argv=None) -> int:
         args = parser.parse_args(rest)
         train(load_config(args.config))
         return 0
-    from .demo import main as demo
-
+    if command == "eval":
+        from .eval_runner import main as run
+    else:
+        from .demo import main as run
     try:
-        demo(rest)
+        run(rest)
         return 0
     except (ValueError, OSError) as error:  # bad video, bad checkpoint, missing file: the message says what
-        print(f"storm-hf demo: error: {error}", file=sys.stderr)
+        print(f"storm-hf {command}: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

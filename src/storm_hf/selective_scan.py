@@ -35,6 +35,7 @@ length 4096; see benchmarks/RESULTS.md):
 from __future__ import annotations
 
 import math
+import os
 import threading
 from contextlib import contextmanager
 
@@ -49,31 +50,62 @@ from torch.autograd.function import once_differentiable
 _BLOCK_ELEMENTS = 2**20
 
 
-# Intra-op threads of the scan on a CPU (forward and backward; None: the process's setting). Its ops are
-# many and small (per 4 MiB block a few vectorised passes, then one 32k-element addcmul per step): a second
-# thread gains ~8% on a quiet 2-core machine, and every op that is split over threads waits for the slowest
-# of them, so on a busy machine (threads descheduled) the same scan was 4-5x slower with 2 threads than with
-# one (benchmarks/scan.py --under-load). The projections around it (large matmuls) keep all threads.
-CPU_SCAN_THREADS: int | None = 1
+# Intra-op threads of the scan on a CPU (forward and backward). Its ops are many and small (per 4 MiB block a
+# few vectorised passes, then one 32k-element addcmul per step), and every op split over threads waits for the
+# slowest of them: on a 2-core machine with busy neighbours (threads descheduled) the scan with 2 threads was
+# 4-5x slower than with one, while on a quiet machine 2 threads are ~1.4x faster (benchmarks/scan.py
+# --under-load). "auto": the process's threads, but no more than the cores no other task is running on right
+# now (the kernel's count of runnable tasks minus this process's own), and one for small scans (under
+# `_AUTO_MIN_ELEMENTS` state updates). An int: that many. None: the process's setting, always.
+CPU_SCAN_THREADS: int | str | None = "auto"
+_AUTO_MIN_ELEMENTS = 1 << 22  # length * batch * d_inner * d_state below which "auto" uses one thread
 
 _threads_lock = threading.Lock()
 _threads_users = 0
 _threads_before = 0
 
 
+def _free_cores() -> int | None:
+    """Cores this process may use that no other task is running on right now (Linux /proc), or None."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])  # runnable tasks on the machine, now
+        own = 0
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/stat") as f:
+                own += f.read().rpartition(")")[2].split()[0] == "R"
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return cores - max(0, running - own)
+
+
+def _scan_thread_count(work: int) -> int | None:
+    """Intra-op threads for a scan of ``work`` state updates (None: leave the process's setting)."""
+    if CPU_SCAN_THREADS is None:
+        return None
+    if CPU_SCAN_THREADS != "auto":
+        return int(CPU_SCAN_THREADS)
+    if work < _AUTO_MIN_ELEMENTS:
+        return 1
+    free = _free_cores()
+    return None if free is None else max(1, min(torch.get_num_threads(), free))
+
+
 @contextmanager
-def _scan_threads(device: torch.device):
-    """Run the block with `CPU_SCAN_THREADS` intra-op threads on a CPU; the process's setting is restored when
-    the last scan running (on any thread) leaves."""
+def _scan_threads(device: torch.device, work: int):
+    """Run the block with `_scan_thread_count` intra-op threads on a CPU; the process's setting is restored
+    when the last scan running (on any thread) leaves."""
     global _threads_users, _threads_before
-    if device.type != "cpu" or CPU_SCAN_THREADS is None:
+    threads = _scan_thread_count(work) if device.type == "cpu" else None
+    if threads is None:
         yield
         return
     with _threads_lock:
         if _threads_users == 0:
             _threads_before = torch.get_num_threads()
-            if _threads_before > CPU_SCAN_THREADS:
-                torch.set_num_threads(CPU_SCAN_THREADS)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
         _threads_users += 1
     try:
         yield
@@ -175,7 +207,8 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_h_last):
-        with _scan_threads(grad_out.device if grad_out is not None else ctx.saved_tensors[0].device):
+        u = ctx.saved_tensors[0]  # (length, batch, d_inner)
+        with _scan_threads(u.device, u.numel() * ctx.saved_tensors[2].shape[0]):
             return _SelectiveScanFn._backward(ctx, grad_out, grad_h_last)
 
     @staticmethod
@@ -321,7 +354,7 @@ def selective_scan_torch(
     )
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     # The recurrence is fp32 by design: autocast (mixed-precision training) must not recast its matmuls.
-    with torch.autocast(device_type=u.device.type, enabled=False), _scan_threads(u.device):
+    with torch.autocast(device_type=u.device.type, enabled=False), _scan_threads(u.device, u.numel() * d_state):
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
             y, h_last = _SelectiveScanFn.apply(*args)
         else:
