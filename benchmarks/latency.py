@@ -326,11 +326,12 @@ def main():
             print_table(table, args.new_tokens)
             table["ratios"] = ratios(table)
             results.append(table)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(shapes=args.shapes, device=args.device, dtype=args.dtype, threads=torch.get_num_threads(),
-                           torch=torch.__version__, new_tokens=args.new_tokens, results=results), f, indent=1)
-        print(f"wrote {args.json}")
+            if args.json:  # after every frame count: a long run stopped later keeps what it measured
+                with open(args.json, "w") as f:
+                    json.dump(dict(shapes=args.shapes, device=args.device, dtype=args.dtype,
+                                   threads=torch.get_num_threads(), torch=torch.__version__,
+                                   new_tokens=args.new_tokens, results=results), f, indent=1)
+                print(f"wrote {args.json}", flush=True)
 
 
 if __name__ == "__main__":

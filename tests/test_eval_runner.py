@@ -158,3 +158,26 @@ def test_cli_eval_writes_results_and_bad_input_exits_with_a_message(data, tmp_pa
     with pytest.raises(SystemExit):
         cli(["eval", str(broken / "data.jsonl"), "--output", str(tmp_path / "b.json")])
     assert "bad.mp4" in capsys.readouterr().err
+
+
+def test_flat_question_records_score_like_the_same_records_with_messages(bundled, data, tmp_path):
+    from storm_hf.eval_runner import load_eval_records
+    from storm_hf.temporal_qa import write_multiple_choice_split
+
+    model, processor = bundled
+    flat = write_multiple_choice_split(tmp_path / "flat", "test", count=10, seed=5)  # the clips of `data`
+    record = load_eval_records(flat)[0]
+    assert os.path.isabs(record["video"]) and record["messages"][0]["content"][0] == {"type": "video"}
+    runs = [run_evaluation(path, model, processor, num_frames=16, scoring="both", limit=5,
+                           output=str(tmp_path / f"{name}.json")) for name, path in (("flat", flat), ("nested", data))]
+    for key in ("accuracy_letter", "accuracy_loglikelihood", "accuracy_by_task"):
+        assert runs[0][key] == runs[1][key]
+    assert [e["option_loglikelihoods"] for e in runs[0]["predictions"]] == \
+           [e["option_loglikelihoods"] for e in runs[1]["predictions"]]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"video": "a.mp4", "question": "q"}\n')
+    with pytest.raises(ValueError, match='line 1 has a "question" but no "answer"'):
+        load_eval_records(bad)
+    bad.write_text('{"video": "a.mp4"}\n')
+    with pytest.raises(ValueError, match='line 1 is not a record with "messages" or a "question"'):
+        load_eval_records(bad)

@@ -7,7 +7,9 @@ where an interrupted run stopped, and videos decoded in a background thread whil
     storm-hf eval data/test.jsonl --scoring loglikelihood --temporal-pool 4 --sampling-stride 2
 
 DATA is a JSON / JSONL file of records in `storm_hf.training`'s format (``video`` relative to the file's
-folder or ``--video-root``, ``messages``, optional ``task``, ``answer`` and ``options``). Scoring:
+folder or ``--video-root``, ``messages``, optional ``task``, ``answer`` and ``options``), or flat question
+records (``video``, ``question``, ``answer``, optional ``options`` and ``task``), the usual form of video QA
+test sets (and what lmms-eval's `datasets` JSON loader can read). Scoring:
 
 * records without ``options``: greedy generation, correct when it equals the answer (spaces and case aside);
 * records with ``options``, ``--scoring letter`` (the default, as lmms-eval's multiple-choice video tasks):
@@ -65,6 +67,34 @@ def set_token_reduction(model, processor, temporal_pool_k=None, spatial_pool_p=N
         setattr(model.config, name, value)
         setattr(processor, name, value)
     return before
+
+
+def load_eval_records(path) -> list[dict]:
+    """The records of a JSON (a list) or JSONL file, flat question records given ``messages``: a user turn with
+    the video (when there is one) and the question, and the answer as the assistant turn."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        if text.lstrip().startswith("["):
+            raw = [(f"record {n}", r) for n, r in enumerate(json.loads(text), 1)]
+        else:
+            raw = [(f"line {n}", json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON / JSONL ({error}).") from error
+    records = []
+    for where, record in raw:
+        if not isinstance(record, dict) or not (isinstance(record.get("messages"), list)
+                                                or isinstance(record.get("question"), str)):
+            raise ValueError(f"{path}: {where} is not a record with \"messages\" or a \"question\".")
+        if "messages" not in record:
+            user = ([{"type": "video"}] if record.get("video") else []) + [{"type": "text", "text": record["question"]}]
+            answer = record.get("answer")
+            if answer is None:
+                raise ValueError(f"{path}: {where} has a \"question\" but no \"answer\".")
+            record = {**record, "messages": [{"role": "user", "content": user},
+                                             {"role": "assistant", "content": str(answer)}]}
+        records.append(record)
+    return records
 
 
 def letter_prompt(record: dict) -> dict:
@@ -217,8 +247,6 @@ def run_evaluation(data, model=None, processor=None, model_name_or_path=None, vi
         prefetch: batches decoded ahead in a background thread (0: decode in the loop).
         limit: evaluate only the first ``limit`` records.
     """
-    from .training import load_video_dataset
-
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}.")
     if num_frames is not None and fps is not None:
@@ -228,8 +256,7 @@ def run_evaluation(data, model=None, processor=None, model_name_or_path=None, vi
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     if not os.path.isfile(data):
         raise FileNotFoundError(f"{data}: no such data file.")
-    dataset = load_video_dataset(data)
-    records = [dataset[i] for i in range(len(dataset))][:limit]
+    records = load_eval_records(data)[:limit]
     if not records:
         raise ValueError(f"{data}: no records to evaluate.")
     video_root = os.path.dirname(os.path.abspath(data)) if video_root is None else video_root
@@ -469,4 +496,5 @@ def main(argv=None) -> dict:
     return result
 
 
-__all__ = ["run_evaluation", "set_token_reduction", "letter_prompt", "parse_letter", "answer_letter"]
+__all__ = ["run_evaluation", "set_token_reduction", "load_eval_records", "letter_prompt", "parse_letter",
+           "answer_letter"]

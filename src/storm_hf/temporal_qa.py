@@ -278,6 +278,25 @@ def write_split(root, split: str, count: int, seed: int = 0, tasks=TASKS, num_fr
     return path
 
 
+def write_multiple_choice_split(root, split: str, count: int, seed: int = 0, tasks=TASKS, num_frames: int = 16,
+                                size: int = 48) -> str:
+    """`write_split`'s clips as flat multiple-choice records (``video`` as an absolute path, ``question``,
+    ``options``, ``answer``, ``task``) in ``root/split_mc.jsonl``, the form evaluation sets come in (and what
+    lmms-eval's JSON loader reads: no nested messages). Returns the JSONL path."""
+    root = os.path.abspath(root)
+    os.makedirs(os.path.join(root, split), exist_ok=True)
+    lines = []
+    for i, clip in enumerate(generate(split, count, seed, tasks, num_frames, size)):
+        video = os.path.join(root, split, f"{i:06d}.mp4")
+        write_video(video, clip.frames)
+        lines.append(json.dumps({"video": video, "question": clip.question, "options": list(clip.options),
+                                 "answer": clip.answer, "task": clip.task}))
+    path = os.path.join(root, f"{split}_mc.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
 # ----------------------------------------------------------------------------------------------------
 # Stills: single frames with several questions each (the image pretraining of the miniature models)
 # ----------------------------------------------------------------------------------------------------
@@ -364,6 +383,6 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-__all__ = ["Clip", "make_clip", "generate", "write_split", "write_video", "record", "vocabulary", "clip_rng",
+__all__ = ["Clip", "make_clip", "generate", "write_split", "write_multiple_choice_split", "write_video", "record", "vocabulary", "clip_rng",
            "Still", "make_still", "still_record", "write_stills", "STILL_TASKS",
            "TASKS", "TEMPORAL_TASKS", "ANSWERS", "COLOURS", "SHAPES", "SPLITS", "WINDOW"]
