@@ -181,3 +181,19 @@ def test_flat_question_records_score_like_the_same_records_with_messages(bundled
     bad.write_text('{"video": "a.mp4"}\n')
     with pytest.raises(ValueError, match='line 1 is not a record with "messages" or a "question"'):
         load_eval_records(bad)
+
+
+def test_changing_only_the_models_config_is_enough(bundled, data, tmp_path):
+    from storm_hf.evaluation import evaluate_strides
+
+    model, processor = bundled
+    model.config.temporal_sample_s = 2  # the processor still says 1
+    try:
+        result = run_evaluation(data, model, processor, num_frames=16, scoring="loglikelihood", limit=2,
+                                output=str(tmp_path / "r.json"))
+        assert result["visual_tokens_per_sample"] == model.config.num_visual_tokens(16) == 32
+        strides = evaluate_strides(model, processor, data, [2], video_root=os.path.dirname(data), num_frames=16)
+        assert strides[2].visual_tokens == 32
+        assert processor.temporal_sample_s == 1  # its own setting is back
+    finally:
+        model.config.temporal_sample_s = 1

@@ -33,6 +33,7 @@ import re
 import string
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 
@@ -95,6 +96,24 @@ def load_eval_records(path) -> list[dict]:
                                              {"role": "assistant", "content": str(answer)}]}
         records.append(record)
     return records
+
+
+@contextmanager
+def following_the_model(model, processor, temporal_pool_k=None, spatial_pool_p=None, temporal_sample_s=None):
+    """For the block: the given k / p / s on the model, and the processor counting tokens as the model then
+    produces them (the model's config is the one setting: changing only ``model.config.temporal_sample_s``
+    is enough); both are put back afterwards."""
+    keep = ("temporal_pool_k", "spatial_pool_p", "temporal_sample_s")
+    processor_before = tuple(getattr(processor, name) for name in keep)
+    model_before = set_token_reduction(model, processor, temporal_pool_k, spatial_pool_p, temporal_sample_s)
+    try:
+        set_token_reduction(model, processor, *(getattr(model.config, name) for name in keep))
+        check_agreement(model, processor)  # the grid (image size, patch, pixel shuffle) must match too
+        yield
+    finally:
+        set_token_reduction(model, processor, *model_before)
+        for name, value in zip(keep, processor_before):
+            setattr(processor, name, value)
 
 
 def letter_prompt(record: dict) -> dict:
@@ -265,9 +284,7 @@ def run_evaluation(data, model=None, processor=None, model_name_or_path=None, vi
 
         model, processor = load(model_name_or_path, device)
     model_name = model_name_or_path or getattr(model, "name_or_path", None) or "model"
-    before = set_token_reduction(model, processor, temporal_pool_k, spatial_pool_p, temporal_sample_s)
-    try:
-        check_agreement(model, processor)
+    with following_the_model(model, processor, temporal_pool_k, spatial_pool_p, temporal_sample_s):
         c = model.config
         frames = {"num_frames": num_frames, "fps": fps, "max_frames": max_frames}
         settings = {"data": os.path.abspath(data), "data_sha1": _file_sha1(data), "model": str(model_name),
@@ -283,8 +300,6 @@ def run_evaluation(data, model=None, processor=None, model_name_or_path=None, vi
             checkpoint.finish(output, result)
         finally:
             checkpoint.close()
-    finally:
-        set_token_reduction(model, processor, *before)
     result["output"] = output
     return result
 

@@ -83,7 +83,8 @@ def evaluate(model, processor, records, video_root: str = ".", num_frames: int |
 
     Args:
         model: a `StormForConditionalGeneration` (put in eval mode here).
-        processor: the `StormProcessor` whose token counts match the model's reduction settings.
+        processor: the model's `StormProcessor`; during the call it counts visual tokens with the model's k, p and
+            s (`model.config` is the one setting), and gets its own back afterwards.
         records: a path to a JSON / JSONL file, or a list of records.
         video_root: folder the records' "video" paths are relative to.
         num_frames: frames sampled per video (the processor's default when None).
@@ -99,18 +100,18 @@ def evaluate(model, processor, records, video_root: str = ".", num_frames: int |
 def evaluate_strides(model, processor, records, strides, video_root: str = ".", num_frames: int | None = None,
                      batch_size: int = 16, max_new_tokens: int = 16) -> dict[int, EvaluationResult]:
     """`evaluate` at several test-time temporal sampling strides ``s``, decoding each video once:
-    {s: EvaluationResult}. The model's and the processor's ``temporal_sample_s`` are set for each stride
-    and put back afterwards."""
+    {s: EvaluationResult}. The processor counts tokens as the model's config says (k, p, s), the model's and
+    the processor's ``temporal_sample_s`` are set for each stride, and both are put back afterwards."""
     from .training import load_video_dataset
 
     if isinstance(records, (str, os.PathLike)):
         dataset = load_video_dataset(records)
         records = [dataset[i] for i in range(len(dataset))]
-    check_agreement(model, processor)
+    from .eval_runner import following_the_model
+
     model.eval()
     results = {s: EvaluationResult() for s in strides}
-    before = model.config.temporal_sample_s
-    try:
+    with following_the_model(model, processor):  # the processor counts tokens as the model's config says
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
             decoded = _decode(model, processor, batch, video_root, num_frames)
@@ -118,8 +119,6 @@ def evaluate_strides(model, processor, records, strides, video_root: str = ".", 
                 model.config.temporal_sample_s = processor.temporal_sample_s = s
                 prompts, features = _prompts_and_features(model, processor, *decoded)
                 _score_batch(model, processor, batch, start, prompts, features, max_new_tokens, results[s])
-    finally:
-        model.config.temporal_sample_s = processor.temporal_sample_s = before
     return results
 
 
