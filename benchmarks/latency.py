@@ -217,7 +217,10 @@ def measure(args, frames, models):
         with PeakMemory(args.device) as memory:
             start = clock(args.device)
             patches = storm.model.vision_patch_features(video)  # (frames, patches, vision_dim)
-            encoder = dict(seconds=clock(args.device) - start, peak_mb=memory.peak_mb)
+            seconds = clock(args.device) - start
+        encoder = dict(seconds=seconds, peak_mb=memory.peak_mb)  # peak_mb is set when the block ends
+        print(f"  {frames} frames, repeat {repeat + 1 - args.warmup}, image encoder (storm_hf, shared by the STORM "
+              f"arms): seconds {encoder['seconds']:.3f}, peak_mb {encoder['peak_mb']:.1f}", flush=True)
         for arm in order:
             if arm == "llava-onevision":
                 result = run_llava_onevision(llava, video, args.new_tokens, args.device)

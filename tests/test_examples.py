@@ -59,3 +59,17 @@ def test_latency_benchmark_runs_every_arm_and_writes_json(tmp_path):
                       "baseline": 128, "llava-onevision": 8 * 16 + 1}  # LLaVA-OV: 2x2 pooling of 8x8, one newline
     assert all(row["ttft"] > 0 and row["decode_per_token"] > 0 for row in table["arms"].values())
     assert "ttft storm none / storm k=4 s=2 (target >= 3)" in table["ratios"]
+
+
+def test_latency_peak_memory_sees_the_image_encoders_allocations():
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("latency", ROOT / "benchmarks" / "latency.py")
+    latency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(latency)
+    with latency.PeakMemory("cpu") as memory:
+        block = torch.ones(64, 2**20)  # 256 MB, touched
+        del block
+    assert memory.peak_mb > 200

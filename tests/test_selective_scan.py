@@ -208,3 +208,15 @@ def test_auto_scan_threads_use_the_cores_no_other_task_runs_on(monkeypatch):
     import os
 
     assert free is None or free <= len(os.sched_getaffinity(0))
+
+
+def test_scan_backward_under_activation_checkpointing():
+    from torch.utils.checkpoint import checkpoint
+
+    g = torch.Generator().manual_seed(3)
+    u, delta = (torch.randn(1, 24, 8, generator=g, requires_grad=True) for _ in range(2))
+    B, C, A = torch.randn(1, 24, 4, generator=g), torch.randn(1, 24, 4, generator=g), -torch.rand(8, 4, generator=g)
+    y = checkpoint(lambda a, b: selective_scan_torch(a, b, A, B, C, delta_softplus=True), u, delta, use_reentrant=False)
+    y.sum().backward()  # the backward unpacks the saved tensors once (a second unpack raises CheckpointError)
+    expected = torch.autograd.grad(selective_scan_torch(u, delta, A, B, C, delta_softplus=True).sum(), u)[0]
+    assert torch.allclose(u.grad, expected, atol=1e-6)

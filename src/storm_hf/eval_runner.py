@@ -248,7 +248,7 @@ class _Checkpoint:
 
 def run_evaluation(data, model=None, processor=None, model_name_or_path=None, video_root=None, num_frames=None,
                    fps=None, max_frames=None, temporal_pool_k=None, spatial_pool_p=None, temporal_sample_s=None,
-                   batch_size=8, scoring="letter", max_new_tokens=16, output=None, restart=False, prefetch=2,
+                   batch_size=8, scoring="letter", max_new_tokens=16, output=None, restart=False, prefetch=None,
                    limit=None, progress=None, device="cpu") -> dict:
     """Evaluate and return the results (as written to ``output``; see the module docstring).
 
@@ -263,7 +263,9 @@ def run_evaluation(data, model=None, processor=None, model_name_or_path=None, vi
         scoring: "letter", "loglikelihood" or "both" for records with options.
         output: where the results JSON goes; predictions are kept in ``output + ".partial.jsonl"`` while the
             run goes on, and a run with the same settings resumes from them (``restart``: start over).
-        prefetch: batches decoded ahead in a background thread (0: decode in the loop).
+        prefetch: batches decoded ahead in a background thread (0: decode in the loop). None: 2 when the model
+            is on a GPU, 0 on a CPU, where decoding and the model compete for the same cores (on the 2-core
+            machine, overlapping them made the miniature evaluation 9-16% slower; benchmarks/RESULTS.md).
         limit: evaluate only the first ``limit`` records.
     """
     if scoring not in SCORINGS:
@@ -284,6 +286,8 @@ def run_evaluation(data, model=None, processor=None, model_name_or_path=None, vi
 
         model, processor = load(model_name_or_path, device)
     model_name = model_name_or_path or getattr(model, "name_or_path", None) or "model"
+    if prefetch is None:
+        prefetch = 0 if model.device.type == "cpu" else 2
     with following_the_model(model, processor, temporal_pool_k, spatial_pool_p, temporal_sample_s):
         c = model.config
         frames = {"num_frames": num_frames, "fps": fps, "max_frames": max_frames}
@@ -487,7 +491,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--output", help="results JSON (default: storm-eval/DATA_NAME.json)")
     parser.add_argument("--restart", action="store_true", help="discard the partial results of an earlier run")
-    parser.add_argument("--prefetch", type=int, default=2, help="batches decoded ahead in the background (0: none)")
+    parser.add_argument("--prefetch", type=int, help="batches decoded ahead in a background thread (0: none; "
+                        "default: 2 on a GPU, 0 on a CPU, where decoding competes with the model for the cores)")
     parser.add_argument("--limit", type=int, help="only the first N records")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)

@@ -207,13 +207,14 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_h_last):
-        u = ctx.saved_tensors[0]  # (length, batch, d_inner)
-        with _scan_threads(u.device, u.numel() * ctx.saved_tensors[2].shape[0]):
-            return _SelectiveScanFn._backward(ctx, grad_out, grad_h_last)
+        saved = ctx.saved_tensors  # read once: activation checkpointing allows one unpack per backward
+        u, A_t = saved[0], saved[2]  # (length, batch, d_inner), (d_state, d_inner)
+        with _scan_threads(u.device, u.numel() * A_t.shape[0]):
+            return _SelectiveScanFn._backward(ctx, saved, grad_out, grad_h_last)
 
     @staticmethod
-    def _backward(ctx, grad_out, grad_h_last):
-        u, delta, A_t, B, C, D, z, delta_bias, block_starts = ctx.saved_tensors
+    def _backward(ctx, saved, grad_out, grad_h_last):
+        u, delta, A_t, B, C, D, z, delta_bias, block_starts = saved
         softplus, steps = ctx.softplus, ctx.steps
         length, batch, d_inner = u.shape
         d_state = A_t.shape[0]
