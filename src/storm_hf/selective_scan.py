@@ -97,7 +97,8 @@ def _scan_threads(device: torch.device, work: int):
     """Run the block with `_scan_thread_count` intra-op threads on a CPU; the process's setting is restored
     when the last scan running (on any thread) leaves."""
     global _threads_users, _threads_before
-    threads = _scan_thread_count(work) if device.type == "cpu" else None
+    # Under torch.compile the scan is traced into a graph: thread settings are the caller's business there.
+    threads = _scan_thread_count(work) if device.type == "cpu" and not torch.compiler.is_compiling() else None
     if threads is None:
         yield
         return
