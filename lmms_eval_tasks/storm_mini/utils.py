@@ -1,7 +1,7 @@
 """The miniature temporal video-QA test split (storm_hf.temporal_qa) as lmms-eval tasks; the prompts are built
 by storm_hf's own helpers, so `storm-hf eval` asks exactly the same questions."""
 
-from storm_hf.eval_runner import LETTER_INSTRUCTION, answer_letter, parse_letter
+from storm_hf.eval_runner import answer_letter, lettered_options, parse_letter
 
 
 def doc_to_visual(doc):
@@ -21,8 +21,7 @@ def doc_to_target(doc):
 
 
 def doc_to_text_letters(doc, lmms_eval_specific_kwargs=None):
-    listing = "\n".join(f"{chr(65 + i)}. {option}" for i, option in enumerate(doc["options"]))
-    return f"{doc['question'].rstrip()}\n{listing}\n{LETTER_INSTRUCTION}"
+    return f"{doc['question'].rstrip()}\n{lettered_options(doc['options'])}"
 
 
 def process_results_letters(doc, results):

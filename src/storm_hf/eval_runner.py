@@ -37,14 +37,17 @@ from contextlib import contextmanager
 
 import torch
 
+from .demo import _TokenClock
 from .evaluation import (
     _last_token_logprobs,
     _option_ids,
     _prompts_and_features,
+    _question_text,
     _same,
     _sequence_loglikelihoods,
     _video_outputs,
     check_agreement,
+    expanded_prompt_ids,
     prompt_messages,
     reference_answer,
 )
@@ -116,21 +119,26 @@ def following_the_model(model, processor, temporal_pool_k=None, spatial_pool_p=N
             setattr(processor, name, value)
 
 
-def letter_prompt(record: dict) -> dict:
-    """The record with its options listed (``A. ...``) under the last user turn's text, and the instruction."""
+def lettered_options(options) -> str:
+    """The options listed one per line as ``A. ...``, ``B. ...`` and the instruction to answer with a letter."""
     letters = string.ascii_uppercase
-    options = list(record["options"])
+    options = list(options)
     if len(options) > len(letters):
         raise ValueError(f"At most {len(letters)} options can be lettered, got {len(options)}.")
-    listing = "\n".join(f"{letters[i]}. {option}" for i, option in enumerate(options))
+    return "\n".join(f"{letters[i]}. {option}" for i, option in enumerate(options)) + "\n" + LETTER_INSTRUCTION
+
+
+def letter_prompt(record: dict) -> dict:
+    """The record with its options listed (``A. ...``) under the last user turn's text, and the instruction."""
+    listing = lettered_options(record["options"])
     messages = prompt_messages(record)
     last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
     content = [dict(item) for item in messages[last_user]["content"]]
     texts = [i for i, item in enumerate(content) if item["type"] == "text"]
     if texts:
-        content[texts[-1]]["text"] = f"{content[texts[-1]]['text'].rstrip()}\n{listing}\n{LETTER_INSTRUCTION}"
+        content[texts[-1]]["text"] = f"{content[texts[-1]]['text'].rstrip()}\n{listing}"
     else:
-        content.append({"type": "text", "text": f"{listing}\n{LETTER_INSTRUCTION}"})
+        content.append({"type": "text", "text": listing})
     messages[last_user] = {"role": "user", "content": content}
     return {**record, "messages": messages}
 
@@ -160,19 +168,6 @@ def parse_letter(text: str, options) -> str | None:
         if _same(str(option), text.rstrip(".")):
             return letter
     return None
-
-
-class _TokenClock:
-    """A `generate()` streamer: the time the prompt goes in and each new token comes out."""
-
-    def __init__(self):
-        self.times = []
-
-    def put(self, value):
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
 
 
 def _generate_timed(model, processor, prompt, features, max_new_tokens):
@@ -390,12 +385,12 @@ def _score(model, processor, batch, start, decoded, scoring, max_new_tokens) -> 
     prompts, features = _prompts_and_features(model, processor, texts, pixels, counts, owners)
     encode_seconds = time.perf_counter() - encode_start
     frame_counts = dict(zip(owners, counts))
-    letter_prompts = [None if text is None else _expanded_ids(processor, text, frame_counts.get(i))
+    letter_prompts = [None if text is None else expanded_prompt_ids(processor, text, frame_counts.get(i))
                       for i, text in enumerate(lettered)]  # the same video features: only the text differs
     entries = []
     for i, record in enumerate(batch):
         seconds = {"decode": decode_seconds / n, "encode": encode_seconds / n, "prefill": 0.0, "generate": 0.0}
-        entry = {"index": start + i, "task": record.get("task", "all"), "question": record_question(record),
+        entry = {"index": start + i, "task": record.get("task", "all"), "question": _question_text(record),
                  "answer": reference_answer(record),
                  "visual_tokens": int(features[i].shape[0]) if features[i] is not None else 0}
         options = record.get("options")
@@ -427,24 +422,12 @@ def _score(model, processor, batch, start, decoded, scoring, max_new_tokens) -> 
     return entries
 
 
-def _expanded_ids(processor, text, frame_count):
-    """Token ids of a prompt whose video placeholder (if ``frame_count``) becomes the processor's count."""
-    if frame_count is not None:
-        text = text.replace(processor.video_token, processor.video_token * processor.num_visual_tokens(frame_count))
-    return processor.tokenizer(text)["input_ids"]
-
-
 def _option_scores(model, processor, prompt, features, options) -> dict[str, float]:
     option_ids = _option_ids(processor, options)
     if all(len(t) == 1 for t in option_ids):
         logprobs = _last_token_logprobs(model, processor, [prompt], [features])[0]
         return {str(o): float(logprobs[t[0]]) for o, t in zip(options, option_ids)}
     return _sequence_loglikelihoods(model, processor, prompt, features, options, option_ids)
-
-
-def record_question(record: dict) -> str:
-    texts = [item.get("text", "") for m in prompt_messages(record) for item in m["content"] if item["type"] == "text"]
-    return " ".join(t.strip() for t in texts if t.strip())
 
 
 def _accuracy(entries, key):
@@ -516,5 +499,5 @@ def main(argv=None) -> dict:
     return result
 
 
-__all__ = ["run_evaluation", "set_token_reduction", "load_eval_records", "letter_prompt", "parse_letter",
-           "answer_letter"]
+__all__ = ["run_evaluation", "set_token_reduction", "load_eval_records", "lettered_options", "letter_prompt",
+           "parse_letter", "answer_letter"]

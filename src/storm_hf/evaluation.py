@@ -197,16 +197,21 @@ def _decode(model, processor, records, video_root, num_frames):
     return texts, pixels, [int(n) for n in decoded["video_num_frames"]], owners
 
 
+def expanded_prompt_ids(processor, text: str, frame_count: int | None) -> list[int]:
+    """Token ids of a prompt, as the processor tokenizes it, whose one video placeholder becomes the processor's
+    token count for ``frame_count`` frames (None: a prompt without a video)."""
+    if frame_count is not None:
+        if text.count(processor.video_token) != 1:
+            raise ValueError("A record to evaluate with a video needs exactly one video placeholder in its prompt.")
+        text = text.replace(processor.video_token, processor.video_token * processor.num_visual_tokens(frame_count))
+    return processor.tokenizer(text)["input_ids"]
+
+
 def _prompts_and_features(model, processor, texts, pixels, counts, owners):
     """Prompt ids with each placeholder expanded to the processor's token count at its current settings, and
     the videos' features from the model at its current settings."""
-    expanded = list(texts)
-    for owner, count in zip(owners, counts):
-        if expanded[owner].count(processor.video_token) != 1:
-            raise ValueError("A record to evaluate with a video needs exactly one video placeholder in its prompt.")
-        expanded[owner] = expanded[owner].replace(processor.video_token,
-                                                  processor.video_token * processor.num_visual_tokens(count))
-    ids = [processor.tokenizer(text)["input_ids"] for text in expanded]  # as the processor tokenizes
+    frame_counts = dict(zip(owners, counts))
+    ids = [expanded_prompt_ids(processor, text, frame_counts.get(i)) for i, text in enumerate(texts)]
     features = [None] * len(texts)
     if owners:
         pooled = model.model.get_video_features(pixels, torch.tensor(counts)).pooler_output

@@ -25,8 +25,8 @@ from lmms_eval.api.instance import GenerationResult
 from lmms_eval.api.model import lmms
 
 from .demo import load
-from .eval_runner import _expanded_ids, set_token_reduction
-from .evaluation import _video_outputs
+from .eval_runner import set_token_reduction
+from .evaluation import _video_outputs, expanded_prompt_ids
 
 
 class Storm(lmms):
@@ -58,7 +58,7 @@ class Storm(lmms):
         text = self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                   add_generation_prompt=True)
         if not visuals:
-            return _expanded_ids(self.processor, text, None), None
+            return expanded_prompt_ids(self.processor, text, None), None
         kwargs = {key: value for key, value in self.frames.items() if value is not None}
         if kwargs.get("fps") is not None:
             kwargs.setdefault("num_frames", None)
@@ -66,7 +66,7 @@ class Storm(lmms):
         pixels = torch.as_tensor(decoded["pixel_values_videos"]).to(self.model.device, self.model.dtype)
         count = int(decoded["video_num_frames"][0])
         features = self.model.model.get_video_features(pixels, torch.tensor([count])).pooler_output[0]
-        return _expanded_ids(self.processor, text, count), features
+        return expanded_prompt_ids(self.processor, text, count), features
 
     @torch.no_grad()
     def loglikelihood(self, requests):
