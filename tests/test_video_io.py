@@ -163,6 +163,17 @@ def test_progress_bar_on_request_and_off_when_not_a_terminal(videos, monkeypatch
     assert "decoding bframes.mp4" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_progress_callback_counts_every_frame_once_in_order(videos, workers):
+    calls = []
+    wanted = list(range(0, 100, 3))  # repeats and order do not count twice: 34 distinct frames
+    frames, _, _ = read_frames(videos["bframes"], wanted + [3, 0], progress=lambda done, total: calls.append((done, total)),
+                               workers=workers)
+    assert calls[0] == (0, 34) and calls[-1] == (34, 34) and len(calls) == 35
+    assert [done for done, _ in calls] == list(range(35))
+    np.testing.assert_array_equal(frames[:34], read_frames(videos["bframes"], wanted, progress=False)[0])
+
+
 def test_split_at_keyframes_cuts_only_between_groups_of_pictures_into_balanced_parts(videos):
     import storm_hf.video_io as video_io
 

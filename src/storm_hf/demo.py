@@ -4,6 +4,7 @@
     storm-hf demo                                   # a few held-out benchmark clips: question, expected, given
     storm-hf demo --task order_in_window --seed 3   # one generated benchmark clip, with the full report
     storm-hf demo --video clip.mp4 --question "which way does the white square move ?"
+    storm-hf demo --web [--port 7860]              # the same on a web page (Gradio: pip install "storm_hf[demo]")
 
 The model is the bundled one (`storm_hf.miniature.BUNDLED_MODEL`, trained on `storm_hf.temporal_qa`) unless
 ``--model`` names another checkpoint folder or Hub id. The report gives the answer, the frames sampled with
@@ -22,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -39,13 +41,17 @@ class DemoAnswer:
 
 
 class _TokenClock:
-    """A `generate()` streamer that notes when the prompt goes in and when each new token comes out."""
+    """A `generate()` streamer that notes when the prompt goes in and when each new token comes out, and hands
+    each new token's ids to ``on_token`` when given."""
 
-    def __init__(self):
+    def __init__(self, on_token=None):
         self.times = []
+        self.on_token = on_token
 
     def put(self, value):
         self.times.append(time.perf_counter())
+        if self.on_token is not None and len(self.times) > 1:  # the first put is the prompt
+            self.on_token(value.reshape(-1).tolist())
 
     def end(self):
         pass
@@ -74,19 +80,73 @@ def set_sampling_stride(model, processor, stride: int):
     processor.temporal_sample_s = stride
 
 
+@dataclass
+class SampledVideo:
+    """The frames sampled from a video file, as `StormVideoProcessor` samples them."""
+
+    frames: np.ndarray  # (frames, height, width, 3) uint8 RGB, at the video's own size
+    indices: list  # the frames' indices in the video
+    timestamps: list  # their presentation times, seconds from the first frame
+    total_frames: int  # frames in the video
+    duration: float  # seconds
+    before_budget: int  # frames the sampling asked for before ``max_frames`` thinned them (>= len(indices))
+
+
+def sample_video(processor, source, num_frames=None, fps=None, max_frames=None, progress=None) -> SampledVideo:
+    """Sample and decode a video file (path, bytes or binary file) the way ``processor`` would: ``num_frames``
+    evenly or ``fps`` frames a second (neither: the processor's defaults), at most ``max_frames`` (None: the
+    processor's). ``progress``: as in `video_io.read_frames` (a callable gets ``(frames done, frames in all)``)."""
+    from .video_io import probe_video, read_frames
+
+    sampler = processor.video_processor
+    if num_frames is not None and fps is not None:
+        raise ValueError("Sample by num_frames or by fps, not both.")
+    if num_frames is None and fps is None:
+        num_frames, fps = sampler.num_frames, sampler.fps
+    max_frames = sampler.max_frames if max_frames is None else max_frames
+    index = probe_video(source)
+    wanted = sampler.sample_frames(None, num_frames, fps, None, timestamps=index.timestamps)
+    indices = sampler.sample_frames(None, num_frames, fps, max_frames, timestamps=index.timestamps)
+    frames, timestamps, _ = read_frames(source, indices, index=index, progress=progress)
+    return SampledVideo(frames, indices.tolist(), [float(t) for t in timestamps], index.total_frames,
+                        float(index.duration), len(wanted))
+
+
+def _is_file(video) -> bool:
+    return isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(video, "read")
+
+
 @torch.inference_mode()
-def ask(model, processor, video, question: str, num_frames: int | None = None, max_new_tokens: int = 8) -> DemoAnswer:
-    """Answer ``question`` about ``video`` (anything the processor takes), stage by stage."""
+def ask(model, processor, video, question: str, num_frames: int | None = None, max_new_tokens: int = 8, *,
+        fps: float | None = None, max_frames: int | None = None, on_event=None) -> DemoAnswer:
+    """Answer ``question`` about ``video``, stage by stage.
+
+    Args:
+        video: a video file (path, bytes, binary file), a `SampledVideo`, or frames the processor takes.
+        num_frames / fps / max_frames: how frames are sampled (None: the processor's settings).
+        on_event: called as ``on_event(kind, value)`` while the answer is made: ``("decoding", (done, total))``
+            as frames decode, ``("sampled", SampledVideo)`` once a file is decoded, ``("tokens", (before,
+            after))`` after token reduction, and ``("text", answer so far)`` as each new token comes out.
+    """
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+    tell = on_event or (lambda kind, value: None)
     seconds = {}
     conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    kwargs = {} if num_frames is None else {"num_frames": num_frames}
     start = time.perf_counter()
-    inputs = processor(text=prompt, videos=[video], return_metadata=True, return_tensors="pt", **kwargs)
+    if isinstance(video, SampledVideo) or _is_file(video):
+        sampled = video if isinstance(video, SampledVideo) else sample_video(
+            processor, video, num_frames, fps, max_frames, progress=lambda done, total: tell("decoding", (done, total)))
+        tell("sampled", sampled)
+        inputs = processor(text=prompt, videos=[sampled.frames], do_sample_frames=False, return_tensors="pt")
+        indices, timestamps = sampled.indices, sampled.timestamps
+    else:
+        sampling = {k: v for k, v in (("num_frames", num_frames), ("fps", fps), ("max_frames", max_frames)) if v}
+        inputs = processor(text=prompt, videos=[video], return_metadata=True, return_tensors="pt", **sampling)
+        metadata = inputs["video_metadata"][0]
+        indices, timestamps = list(metadata.frames_indices), list(metadata.timestamps or [])
     seconds["video decode"] = time.perf_counter() - start
-    metadata = inputs["video_metadata"][0]
     stages = model.model
     frames = inputs["pixel_values_videos"][0, : int(inputs["video_num_frames"][0])].to(model.device, model.dtype)
 
@@ -103,8 +163,16 @@ def ask(model, processor, video, question: str, num_frames: int | None = None, m
     reduced = stages.reduce_tokens(encoded[None])[0]  # (frames', tokens', dim)
     seconds["token reduction"] = time.perf_counter() - start
     features = reduced.flatten(0, 1)  # (visual tokens, dim): what the placeholders receive
+    tokens_before, tokens_after = int(tokens.shape[0] * tokens.shape[1]), int(features.shape[0])
+    tell("tokens", (tokens_before, tokens_after))
 
-    clock = _TokenClock()
+    new_ids = []
+
+    def on_token(ids):
+        new_ids.extend(ids)
+        tell("text", processor.decode(new_ids, skip_special_tokens=True).strip())
+
+    clock = _TokenClock(on_token if on_event else None)
     output = model.generate(
         input_ids=inputs["input_ids"].to(model.device), attention_mask=inputs["attention_mask"].to(model.device),
         mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=[features])},
@@ -116,10 +184,10 @@ def ask(model, processor, video, question: str, num_frames: int | None = None, m
     seconds["decode"] = clock.times[-1] - clock.times[1] if len(clock.times) > 2 else 0.0
     return DemoAnswer(
         answer=processor.decode(new, skip_special_tokens=True).strip(),
-        frame_indices=list(metadata.frames_indices),
-        timestamps=list(metadata.timestamps or []),
-        tokens_before=int(tokens.shape[0] * tokens.shape[1]),
-        tokens_after=int(features.shape[0]),
+        frame_indices=indices,
+        timestamps=timestamps,
+        tokens_before=tokens_before,
+        tokens_after=tokens_after,
         seconds=seconds,
         new_tokens=max(0, len(clock.times) - 1),
     )
@@ -168,8 +236,28 @@ def main(argv=None):
     parser.add_argument("--clips", type=int, default=7, help="held-out clips to run without arguments (default 7)")
     parser.add_argument("--num-frames", type=int, help="frames sampled from the video (default: the processor's)")
     parser.add_argument("--sampling-stride", type=int, help="test-time temporal sampling s (model and processor)")
-    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, help="answer length at most (default 8; 64 with --web)")
+    web = parser.add_argument_group("web page (storm_hf.web_demo)")
+    web.add_argument("--web", action="store_true", help="serve the Gradio page instead (needs storm_hf[demo])")
+    web.add_argument("--port", type=int, help="the page's port (default: Gradio's, 7860, or GRADIO_SERVER_PORT)")
+    web.add_argument("--host", help="the address to serve on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    web.add_argument("--max-frames", type=int, help="the page's frame budget: frames sampled at most per video "
+                     "(default 64)")
     args = parser.parse_args(argv)
+    if args.web:
+        if args.video or args.task:
+            parser.error("--web serves a page where videos are uploaded: give --video or --task without --web")
+        try:
+            from .web_demo import DEFAULT_FRAME_BUDGET, _gradio, launch
+
+            _gradio()
+        except ImportError as error:
+            parser.error(str(error))
+        return launch(args.model, port=args.port, host=args.host,
+                      budget=DEFAULT_FRAME_BUDGET if args.max_frames is None else args.max_frames,
+                      max_new_tokens=64 if args.max_new_tokens is None else args.max_new_tokens)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 8
     if args.video and args.task:
         parser.error("give --video or --task, not both")
     if args.video and not args.question:
@@ -238,4 +326,4 @@ def main(argv=None):
     return results
 
 
-__all__ = ["ask", "load", "set_sampling_stride", "DemoAnswer", "main"]
+__all__ = ["ask", "load", "sample_video", "set_sampling_stride", "DemoAnswer", "SampledVideo", "main"]

@@ -44,7 +44,8 @@ Policies (documented choices):
 * A frame whose size differs from the first frame's (a resolution change mid-stream) is scaled to the first
   frame's size, so that every call returns one array.
 * Long decodes show a progress bar on an interactive terminal (`progress=None`), after one second; pass
-  `progress=False`, or call `transformers.utils.logging.disable_progress_bar()`, to turn it off.
+  `progress=False`, or call `transformers.utils.logging.disable_progress_bar()`, to turn it off. A callable
+  `progress(done, total)` is told instead (a web page's progress, say).
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def _open(source, name):
     try:
         return av.open(source, mode="r")
     except av.error.FFmpegError as error:
-        raise VideoReadError(f"{name}: not a readable video container ({error}).") from error
+        reason = getattr(error, "strerror", None) or error  # FFmpeg's reason, without its error number and path
+        raise VideoReadError(f"{name}: not a readable video container ({reason}).") from error
     except (OSError, ValueError, TypeError, EOFError, OverflowError) as error:
         raise VideoReadError(f"{name}: cannot be opened ({type(error).__name__}: {error}).") from error
 
@@ -589,7 +591,27 @@ def _to_rgb(frame, index: VideoIndex, reformatter) -> np.ndarray:
     return reformatter.reformat(frame, width=index.width, height=index.height, format="rgb24").to_ndarray()
 
 
+class _CallbackProgress:
+    """A progress "bar" that tells ``callback(frames done, frames in all)``; decoding threads share it."""
+
+    def __init__(self, callback, total):
+        import threading
+
+        self.callback, self.total, self.done, self.lock = callback, total, 0, threading.Lock()
+        callback(0, total)
+
+    def update(self, count):
+        with self.lock:  # one call at a time, in order: done only grows
+            self.done += count
+            self.callback(self.done, self.total)
+
+    def close(self):
+        pass
+
+
 def _progress_bar(progress, total, name):
+    if callable(progress):
+        return _CallbackProgress(progress, total)
     if progress is None:
         hf_logging = sys.modules.get("transformers.utils.logging")  # its switch, when transformers is in use
         progress = sys.stderr.isatty() and (hf_logging is None or hf_logging.is_progress_bar_enabled())
@@ -609,7 +631,9 @@ def read_frames(source, indices, index: VideoIndex | None = None, progress: bool
         source: a path, bytes or a binary file-like object.
         indices: frame indices in presentation order (0 .. total_frames - 1).
         index: the video's `VideoIndex` from `probe_video`, when already known.
-        progress: show a progress bar (None: on an interactive terminal, for decodes longer than 1 s).
+        progress: show a progress bar (None: on an interactive terminal, for decodes longer than 1 s); a
+            callable is called as ``progress(frames decoded, frames to decode)`` instead, from the decoding
+            threads, one call at a time.
         workers: decoding threads. The wanted frames are split at keyframes into contiguous ranges of about
             equal decoding work, and each range is decoded by its own single-threaded decoder on its own
             container, in parallel (FFmpeg releases the GIL while it decodes). None: one per core this process

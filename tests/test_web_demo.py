@@ -1,0 +1,236 @@
+"""The web demo's logic without a browser (storm_hf.web_demo.answer_updates, describe_upload, the Gradio page
+and app.py built in process); the page driven in headless Chromium is tests/test_web_demo_browser.py."""
+
+import os
+import runpy
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from storm_hf import web_demo
+from storm_hf.demo import ask, load, sample_video
+from storm_hf.temporal_qa import clip_rng, make_clip, write_video
+from storm_hf.web_demo import Request, answer_updates, describe_upload, example_clips
+
+from .video_factory import make_audio_only
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("video decode", "vision tower", "projector", "temporal encoder", "token reduction", "LLM prefill", "decode")
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load()
+
+
+def run(bundled, request, lock=None, **kwargs):
+    model, processor = bundled
+    return list(answer_updates(model, processor, request, lock or threading.Lock(), **kwargs))
+
+
+def long_clip(path, seconds=30, fps=8):
+    """A longer generated video: one benchmark clip's frames repeated (seconds * fps frames)."""
+    frames = make_clip(clip_rng("test", 5, 0), "direction").frames
+    frames = np.concatenate([frames] * (seconds * fps // len(frames)))
+    return write_video(path, frames, fps=fps, pix_fmt="yuv420p", options={"g": "16"})
+
+
+def test_every_bundled_example_clip_is_answered_right_on_the_page(bundled):
+    clips = example_clips()
+    assert [c["task"] for c in clips] == ["direction", "flash_count", "first_appeared", "stop_or_reverse"]
+    model, _ = bundled
+    for clip in clips:
+        pages = run(bundled, Request(clip["video"], clip["question"]))
+        last = pages[-1]
+        assert not last.failed and last.answer == clip["answer"], (clip, last.status)
+        assert "Sampled 16 of the video's 16 frames (2.0 s), 0.00 s to 1.88 s." in last.status
+        assert f"**{16 * model.config.tokens_per_frame}** (16 frames × 16)" in last.tokens
+        assert f"**{model.config.num_visual_tokens(16)}** (temporal pool k = 4" in last.tokens
+        assert [caption for _, caption in last.frames][:3] == ["frame 0 · 0.00 s", "frame 1 · 0.12 s", "frame 2 · 0.25 s"]
+        assert len(last.frames) == 16 and last.frames[0][0].shape == (192, 192, 3)
+        for stage in STAGES:
+            assert f"| {stage}" in last.timings
+        assert "| **total** |" in last.timings
+
+
+def test_updates_come_in_order_and_the_answer_streams_before_the_times(bundled, tmp_path):
+    clip = example_clips()[1]
+    statuses = [page.status for page in run(bundled, Request(clip["video"], clip["question"]))]
+    order = ["Waiting for the model", "Decoding flash_count.mp4", "Encoding the frames", "Answering", "Answered in"]
+    positions = [next(i for i, s in enumerate(statuses) if key in s) for key in order]
+    assert positions == sorted(positions), statuses
+    pages = run(bundled, Request(clip["video"], clip["question"]))
+    streamed = [page.answer for page in pages if page.answer and not page.timings]
+    assert streamed and streamed[-1] == clip["answer"]  # shown before the end, where the times come
+
+
+def test_long_video_shows_decoding_progress_and_the_frame_budget(bundled, tmp_path, monkeypatch):
+    video = long_clip(tmp_path / "long.mp4", seconds=30)  # 240 frames at 8 fps
+    monkeypatch.setattr(web_demo, "PROGRESS_EVERY", 0.0)  # every frame's progress reaches the page
+    pages = [p.status for p in answer_updates(*bundled, Request(str(video), "which way does the red cross move ?",
+                                                                 "fps", fps=4.0), threading.Lock(), budget=48)]
+    progress = [s for s in pages if s.startswith("Decoding long.mp4: ")]
+    assert progress[0] == "Decoding long.mp4: 0 of 48 frames." and progress[-1] == "Decoding long.mp4: 48 of 48 frames."
+    assert len(progress) == 49
+    final = pages[-1]
+    assert "Sampled 48 of the video's 240 frames (30.0 s)" in final
+    assert ("This video is too long for the frame budget: 4 frames a second would be 120 frames, more than the "
+            "budget of 48, so 48 frames were sampled evenly instead, about one every 0.62 s.") in final
+    assert "Answered in" in final
+
+
+def test_fewer_frames_than_asked_are_all_used_and_reduction_settings_change_the_tokens(bundled):
+    clip = example_clips()[0]
+    model, processor = bundled
+    last = run(bundled, Request(clip["video"], clip["question"], num_frames=40, temporal_pool_k=2, spatial_pool_p=2,
+                                temporal_sample_s=2), budget=40)[-1]
+    assert "The video has only 16 frames, so all of them were used." in last.status
+    assert "**256** (16 frames × 16)" in last.tokens and "**16** (temporal pool k = 2, spatial pool p = 2, sampling s = 2)" in last.tokens
+    assert "16.0× fewer" in last.tokens
+    # the request's k / p / s were for that request only
+    assert (model.config.temporal_pool_k, model.config.spatial_pool_p, model.config.temporal_sample_s) == (4, 1, 1)
+    assert (processor.temporal_pool_k, processor.spatial_pool_p, processor.temporal_sample_s) == (4, 1, 1)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no video", "No video: upload a video file or pick one of the example clips."),
+    ("empty question", "The question is empty: type a question about the video."),
+    ("text file", "This file cannot be read as a video. notes.mp4: not a readable video container"),
+    ("audio only", "This file cannot be read as a video. speech.m4a: the file has no video stream (streams: audio)"),
+    ("empty file", "This file cannot be read as a video. empty.mp4: the file is empty (0 bytes)."),
+    ("zero k", "temporal_pool_k must be a positive whole number; got 0."),
+    ("too many frames", "Frames must be between 1 and the frame budget, 64; got 65."),
+    ("zero fps", "Frames a second must be above 0; got 0.0."),
+])
+def test_bad_requests_get_a_message_and_the_next_request_is_answered(bundled, tmp_path, case, expected):
+    clip = example_clips()[0]
+    good = Request(clip["video"], clip["question"])
+    (tmp_path / "notes.mp4").write_text("not a video")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    make_audio_only(tmp_path / "speech.m4a")
+    request = {
+        "no video": Request(None, "which way ?"),
+        "empty question": Request(clip["video"], "   "),
+        "text file": Request(str(tmp_path / "notes.mp4"), "which way ?"),
+        "audio only": Request(str(tmp_path / "speech.m4a"), "which way ?"),
+        "empty file": Request(str(tmp_path / "empty.mp4"), "which way ?"),
+        "zero k": Request(clip["video"], "which way ?", temporal_pool_k=0),
+        "too many frames": Request(clip["video"], "which way ?", num_frames=65),
+        "zero fps": Request(clip["video"], "which way ?", "fps", fps=0.0),
+    }[case]
+    last = run(bundled, request)[-1]
+    assert last.failed and expected in last.status and str(tmp_path) not in last.status
+    assert "Traceback" not in last.status and not last.answer
+    assert run(bundled, good)[-1].answer == clip["answer"]
+
+
+def test_a_failure_inside_the_model_is_reported_and_leaves_the_model_working(bundled, monkeypatch):
+    model, processor = bundled
+    clip = example_clips()[0]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model.model, "encode_in_time", broken)
+        last = run(bundled, Request(clip["video"], clip["question"], temporal_pool_k=2))[-1]
+    assert last.failed and "The model failed on this request (RuntimeError: out of memory (simulated))" in last.status
+    assert model.config.temporal_pool_k == 4 and processor.temporal_pool_k == 4  # put back after the failure
+    assert run(bundled, Request(clip["video"], clip["question"]))[-1].answer == clip["answer"]
+
+
+def test_requests_from_several_threads_are_answered_one_at_a_time(bundled):
+    """The page queues requests; even so, two answers at once (a page closed mid-answer, its worker still
+    running) must not mix their k / p / s: the lock keeps one on the model at a time."""
+    clips = example_clips()
+    lock, results = threading.Lock(), {}
+
+    def one(position, clip, k):
+        results[position] = run(bundled, Request(clip["video"], clip["question"], temporal_pool_k=k), lock)[-1]
+
+    threads = [threading.Thread(target=one, args=(i, clip, 1 + i % 2 * 3)) for i, clip in enumerate(clips * 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    model = bundled[0]
+    for i, clip in enumerate(clips * 2):
+        k = 1 + i % 2 * 3
+        assert not results[i].failed, results[i].status
+        assert f"**{model.config.num_visual_tokens(16) * 4 // k}** (temporal pool k = {k}," in results[i].tokens
+        if k == 4:
+            assert results[i].answer == clip["answer"]
+
+
+def test_describe_upload_says_what_the_file_is_or_why_it_cannot_be_read(tmp_path):
+    text, playable = describe_upload(example_clips()[0]["video"])
+    assert text == "direction.mp4: 2.0 s, 16 frames at 8 frames a second, 192×192. Type a question and press Ask."
+    assert playable
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "photo.png")
+    assert describe_upload(str(tmp_path / "photo.png")) == (
+        "photo.png: a still image (40×30), read as a one-frame video.", False)
+    (tmp_path / "notes.txt").write_text("hello")
+    text, playable = describe_upload(str(tmp_path / "notes.txt"))
+    assert text.startswith("⚠️ This file cannot be read as a video. notes.txt: not a readable video container")
+    assert str(tmp_path) not in text and not playable
+    assert describe_upload(None) == ("", False)
+
+
+def test_sample_video_gives_the_processor_the_frames_it_would_read_itself(bundled, tmp_path):
+    _, processor = bundled
+    video = long_clip(tmp_path / "long.mp4", seconds=10)
+    for sampling in ({"num_frames": 12}, {"fps": 3.0}, {"fps": 3.0, "max_frames": 7}):
+        sampled = sample_video(processor, str(video), **sampling)
+        own = processor.video_processor(str(video), return_metadata=True, **sampling)
+        given = processor.video_processor([sampled.frames], do_sample_frames=False)
+        assert sampled.indices == own["video_metadata"][0].frames_indices
+        torch.testing.assert_close(given["pixel_values_videos"], own["pixel_values_videos"], rtol=0, atol=0)
+    sampled = sample_video(processor, str(video), fps=3.0, max_frames=7)
+    assert len(sampled.indices) == 7 and sampled.before_budget == 30 and sampled.total_frames == 80
+
+
+def test_ask_tells_each_stage_and_streams_the_text(bundled):
+    clip = example_clips()[2]
+    events = []
+    result = ask(*bundled, clip["video"], clip["question"], on_event=lambda kind, value: events.append((kind, value)))
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "decoding" and events[0][1] == (0, 16) and ("decoding", (16, 16)) in events
+    assert kinds.index("sampled") < kinds.index("tokens") < kinds.index("text")
+    assert ("tokens", (256, 64)) in events and [v for k, v in events if k == "text"][-1] == result.answer
+
+
+def test_the_gradio_page_and_app_py_build(bundled, monkeypatch):
+    gr = pytest.importorskip("gradio")
+    page = web_demo.build_demo(model=bundled[0], processor=bundled[1], budget=32)
+    assert isinstance(page, gr.Blocks)
+    ids = {block.elem_id for block in page.blocks.values()}
+    assert {"video", "preview", "question", "ask", "status", "answer", "tokens", "timings", "frames"} <= ids
+    monkeypatch.setenv("STORM_MAX_FRAMES", "24")
+    namespace = runpy.run_path(str(ROOT / "app.py"), run_name="space")  # as a Space imports it, without serving
+    assert isinstance(namespace["demo"], gr.Blocks)
+    sliders = [b for b in namespace["demo"].blocks.values() if getattr(b, "elem_id", None) == "num-frames"]
+    assert sliders[0].maximum == 24
+
+
+def test_web_flag_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    from storm_hf.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
+    with pytest.raises(SystemExit) as exit:
+        main(["demo", "--web"])
+    assert exit.value.code == 2
+    assert 'pip install "storm_hf[demo]"' in capsys.readouterr().err
+
+
+def test_web_flag_refuses_a_video_argument(capsys):
+    from storm_hf.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--web", "--task", "direction"])
+    assert "--web serves a page" in capsys.readouterr().err
