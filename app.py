@@ -4,18 +4,17 @@
 It serves `storm_hf.web_demo`'s page for the model named by the STORM_MODEL environment variable (a Hub id or
 a folder; the bundled miniature model when unset), with at most STORM_MAX_FRAMES frames per video (default
 64). Gradio's own variables set the address and port (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT; a Space sets
-them). storm_hf is imported from the installed package, else from ./src next to this file (a Space holding
-this repository). Space files: see "The web demo" in the README.
+them). storm_hf comes from ./src next to this file when it is there (a checkout, or a Space made from one:
+see "The web demo" in the README), else from the installed package.
 """
 
 import os
 import sys
 from pathlib import Path
 
-try:
-    import storm_hf  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+SOURCE = Path(__file__).resolve().parent / "src"
+if (SOURCE / "storm_hf" / "__init__.py").is_file():
+    sys.path.insert(0, str(SOURCE))
 
 from storm_hf.web_demo import DEFAULT_FRAME_BUDGET, EXAMPLES_DIR, build_demo
 

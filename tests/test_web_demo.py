@@ -27,6 +27,51 @@ def bundled():
     return load()
 
 
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(command, log, env=None, timeout=180):
+    """Start ``command`` (a web page server) and wait until its page answers on ``env``'s GRADIO_SERVER_PORT;
+    returns (process, url). Fails with the server's output if it exits or does not serve in time."""
+    import subprocess
+    import time
+    import urllib.request
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{env['GRADIO_SERVER_PORT']}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"{' '.join(command)} exited with {process.returncode}:\n{log.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{' '.join(command)} did not serve its page within {timeout} s")
+        time.sleep(0.5)
+
+
+def stop_server(process):
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def run(bundled, request, lock=None, **kwargs):
     model, processor = bundled
     return list(answer_updates(model, processor, request, lock or threading.Lock(), **kwargs))
@@ -66,6 +111,20 @@ def test_updates_come_in_order_and_the_answer_streams_before_the_times(bundled, 
     pages = run(bundled, Request(clip["video"], clip["question"]))
     streamed = [page.answer for page in pages if page.answer and not page.timings]
     assert streamed and streamed[-1] == clip["answer"]  # shown before the end, where the times come
+
+
+def test_the_frame_strip_is_sent_once_per_request_not_with_every_streamed_update(bundled):
+    # Gradio rewrites a strip's image files each time the strip is sent, under the browser reading them.
+    clip = example_clips()[0]
+    skip = object()
+    outputs = list(web_demo._page_outputs(iter(run(bundled, Request(clip["video"], clip["question"]))), skip))
+    strips = [frames for _, _, frames, _, _ in outputs]
+    assert strips[0] == []  # the first update clears the last request's strip
+    sent = [frames for frames in strips[1:] if frames is not skip]
+    assert len(sent) == 1 and len(sent[0]) == 16 and len(outputs) > 3
+    assert outputs[-1][0].startswith("Sampled 16") and outputs[-1][1] == clip["answer"]
+    failed = list(web_demo._page_outputs(iter(run(bundled, Request(clip["video"], " "))), skip))
+    assert failed[-1][0] == "⚠️ The question is empty: type a question about the video."
 
 
 def test_long_video_shows_decoding_progress_and_the_frame_budget(bundled, tmp_path, monkeypatch):
@@ -216,6 +275,57 @@ def test_the_gradio_page_and_app_py_build(bundled, monkeypatch):
     assert isinstance(namespace["demo"], gr.Blocks)
     sliders = [b for b in namespace["demo"].blocks.values() if getattr(b, "elem_id", None) == "num-frames"]
     assert sliders[0].maximum == 24
+
+
+def test_a_space_made_as_the_readme_says_runs_app_py_on_its_own_copy(tmp_path):
+    pytest.importorskip("gradio")
+    import re
+    import subprocess
+
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in re.findall(r"^```bash\n(.*?)^```", readme, flags=re.S | re.M)
+                   for line in line.splitlines() if line.startswith("mkdir -p my-space"))
+    for name in ("src", "app.py", "space"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    subprocess.run(["bash", "-c", command], cwd=tmp_path, check=True)
+    space = tmp_path / "my-space"
+    assert sorted(os.listdir(space)) == ["README.md", "app.py", "requirements.txt", "src"]
+    card = (space / "README.md").read_text()
+    assert "sdk: gradio" in card and "app_file: app.py" in card
+    code = ("import runpy; ns = runpy.run_path('app.py', run_name='space'); import storm_hf; "
+            "print(storm_hf.__file__); print(type(ns['demo']).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=space, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "STORM_MAX_FRAMES": "16"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-2].startswith(str(space / "src" / "storm_hf")) and out.stdout.split()[-1] == "Blocks"
+
+
+def test_python_app_py_serves_the_page_and_its_example_clips(tmp_path):
+    pytest.importorskip("gradio")
+    import json
+    import urllib.request
+
+    with open(tmp_path / "server.log", "w+") as log:
+        process, url = start_server([sys.executable, str(ROOT / "app.py")], log,
+                                    {"GRADIO_SERVER_PORT": str(free_port()), "GRADIO_SERVER_NAME": "127.0.0.1"})
+        try:
+            with urllib.request.urlopen(url + "config", timeout=30) as response:
+                config = json.load(response)
+            assert config["title"] == "STORM video question answering"
+            with urllib.request.urlopen(url + "gradio_api/file=" + example_clips()[0]["video"], timeout=30) as response:
+                assert response.read() == open(example_clips()[0]["video"], "rb").read()
+        finally:
+            stop_server(process)
+
+
+def test_space_requirements_are_the_packages_own():
+    import ast
+
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    own = next(node.value for node in ast.walk(tree) if isinstance(node, ast.keyword) and node.arg == "install_requires")
+    listed = [line for line in (ROOT / "space" / "requirements.txt").read_text().splitlines()
+              if line and not line.startswith("#")]
+    assert listed == [element.value for element in own.elts]
 
 
 def test_web_flag_without_gradio_says_how_to_install_it(monkeypatch, capsys):

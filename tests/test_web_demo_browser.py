@@ -9,16 +9,14 @@ another; skipped otherwise, with the reason."""
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
 from storm_hf.demo import ask, load
 from storm_hf.temporal_qa import clip_rng, make_clip, write_video
+
+from .test_web_demo import free_port, start_server, stop_server
 
 pytest.importorskip("gradio", reason="the web demo needs gradio: pip install -e '.[dev]'")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright: pip install -e '.[dev]'")
@@ -50,44 +48,17 @@ REQUEST_ENDED = """() => {
 }"""
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The page as a user starts it: `storm-hf demo --web --port N`, in its own process."""
     port = free_port()
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    process = subprocess.Popen([sys.executable, "-m", "storm_hf", "demo", "--web", "--port", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"storm-hf demo --web exited with {process.returncode}:\n{log.read()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("storm-hf demo --web did not serve its page within 180 s")
-            time.sleep(0.5)
-        yield url, log
-    finally:
-        process.terminate()
+    with open(tmp_path_factory.mktemp("server") / "server.log", "w+") as log:
+        process, url = start_server([sys.executable, "-m", "storm_hf", "demo", "--web", "--port", str(port)], log,
+                                    {"GRADIO_SERVER_PORT": str(port)})
         try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+            yield url, log
+        finally:
+            stop_server(process)
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +131,8 @@ def test_upload_ask_and_read_the_answer_tokens_frames_and_times(server, browser,
     captions = page.locator("#frames").inner_text()
     assert "frame 0 · 0.00 s" in captions and "frame 15 · 1.88 s" in captions
     assert page.locator("#frames img").count() == 16
+    page.locator("#frames").scroll_into_view_if_needed()  # the strip's images load lazily, once in view
+    # Every image of the strip arrived whole (a broken one is complete with no width).
     page.wait_for_function("() => [...document.querySelectorAll('#frames img')].every(i => i.complete && i.naturalWidth > 0)")
     timings = page.locator("#timings").inner_text()
     for stage in ("video decode", "vision tower", "temporal encoder", "token reduction", "LLM prefill", "total"):

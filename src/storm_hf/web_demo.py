@@ -300,6 +300,18 @@ def _gradio():
     return gradio
 
 
+def _page_outputs(pages, unchanged):
+    """The values of the page's outputs (status, answer, frame strip, tokens, times) for each `Page` of a
+    request, with ``unchanged`` (Gradio's skip) in place of a frame strip the page already shows: Gradio writes
+    a strip's images to its file cache again each time it is sent, over the files the browser may be reading."""
+    shown = None
+    for page in pages:
+        status = f"⚠️ {page.status}" if page.failed else page.status
+        frames = unchanged if shown is not None and page.frames is shown else page.frames
+        shown = page.frames
+        yield status, page.answer, frames, page.tokens, page.timings
+
+
 def build_demo(model_name_or_path=None, model=None, processor=None, budget: int = DEFAULT_FRAME_BUDGET,
                max_new_tokens: int = 64):
     """The Gradio page (a `gradio.Blocks`, queued: one request works at a time, the others wait their turn)
@@ -318,9 +330,7 @@ def build_demo(model_name_or_path=None, model=None, processor=None, budget: int 
     def respond(video, question, sample_by, num_frames, fps, k, p, s):
         request = Request(video, question or "", "fps" if sample_by == "frames a second" else "frames",
                           num_frames, fps, k, p, s)
-        for page in answer_updates(model, processor, request, lock, budget, max_new_tokens):
-            status = f"⚠️ {page.status}" if page.failed else page.status
-            yield status, page.answer, page.frames, page.tokens, page.timings
+        yield from _page_outputs(answer_updates(model, processor, request, lock, budget, max_new_tokens), gr.skip())
 
     def on_upload(path):
         text, playable = describe_upload(path)
