@@ -3,6 +3,7 @@ and app.py built in process); the page driven in headless Chromium is tests/test
 
 import os
 import runpy
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -38,7 +39,6 @@ def free_port():
 def start_server(command, log, env=None, timeout=180):
     """Start ``command`` (a web page server) and wait until its page answers on ``env``'s GRADIO_SERVER_PORT;
     returns (process, url). Fails with the server's output if it exits or does not serve in time."""
-    import subprocess
     import time
     import urllib.request
 
@@ -63,7 +63,6 @@ def start_server(command, log, env=None, timeout=180):
 
 
 def stop_server(process):
-    import subprocess
 
     process.terminate()
     try:
@@ -280,7 +279,6 @@ def test_the_gradio_page_and_app_py_build(bundled, monkeypatch):
 def test_a_space_made_as_the_readme_says_runs_app_py_on_its_own_copy(tmp_path):
     pytest.importorskip("gradio")
     import re
-    import subprocess
 
     readme = (ROOT / "README.md").read_text()
     command = next(line for line in re.findall(r"^```bash\n(.*?)^```", readme, flags=re.S | re.M)
@@ -344,3 +342,11 @@ def test_web_flag_refuses_a_video_argument(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--web", "--task", "direction"])
     assert "--web serves a page" in capsys.readouterr().err
+
+
+def test_the_web_demo_benchmark_runs_and_sends_the_strip_once(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "web_demo.py"), "--repeats", "1",
+                             "--long-seconds", "10"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("(strip sent in 1)") == 2 and "10 s video, 4 fps (64-frame budget)" in result.stdout
