@@ -342,6 +342,10 @@ def test_web_flag_refuses_a_video_argument(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--web", "--task", "direction"])
     assert "--web serves a page" in capsys.readouterr().err
+    for flags in (["demo", "--web"], ["demo"]):
+        with pytest.raises(SystemExit):
+            main([*flags, "--model", "/nowhere/my-storm"])
+        assert "Model /nowhere/my-storm: no such folder" in capsys.readouterr().err
 
 
 def test_the_web_demo_benchmark_runs_and_sends_the_strip_once(tmp_path):
@@ -350,3 +354,26 @@ def test_the_web_demo_benchmark_runs_and_sends_the_strip_once(tmp_path):
                              "--long-seconds", "10"], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("(strip sent in 1)") == 2 and "10 s video, 4 fps (64-frame budget)" in result.stdout
+
+
+def test_the_page_serves_a_checkpoint_folder_and_names_it(tmp_path, monkeypatch):
+    gr = pytest.importorskip("gradio")
+    import shutil
+
+    from storm_hf.miniature import BUNDLED_MODEL
+
+    model, processor = load()
+    model.config.temporal_pool_k = 2  # a checkpoint that is not the bundled one: k = 2 shows on the page
+    model.save_pretrained(tmp_path / "my-storm")
+    processor.save_pretrained(tmp_path / "my-storm")
+    monkeypatch.setenv("STORM_MODEL", str(tmp_path / "my-storm"))
+    page = runpy.run_path(str(ROOT / "app.py"), run_name="space")["demo"]
+    markdown = [b.value for b in page.blocks.values() if isinstance(b, gr.Markdown) and b.value]
+    assert any(f"Model: **{tmp_path / 'my-storm'}**" in text for text in markdown)
+    k_slider = [b for b in page.blocks.values() if getattr(b, "elem_id", None) == "k"][0]
+    assert k_slider.value == 2
+    shutil.copy(os.path.join(BUNDLED_MODEL, "config.json"), tmp_path / "config.json")
+    for wrong, error in [(tmp_path / "nowhere", "no such folder"), (tmp_path / "config.json", "this is a file"),
+                         ("./nowhere", "no such folder")]:
+        with pytest.raises(OSError, match=error):
+            web_demo.build_demo(str(wrong))
