@@ -39,7 +39,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .checkpointing_storm import StormCheckpointMixin, StormFromPartsMixin
 from .configuration_storm import StormConfig
-from .selective_scan import causal_conv1d, fused_mixer_available, mamba_inner, selective_scan
+from .selective_scan import causal_conv1d, conv_kernel_available, fused_mixer_available, mamba_inner, selective_scan
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -274,45 +274,76 @@ class StormMambaMixer(nn.Module):
         )
 
     def runs_fused(self, hidden_states: torch.Tensor) -> bool:
-        """Whether `forward` on ``hidden_states`` runs as mamba_ssm's fused `mamba_inner_fn` (CUDA only)."""
-        return self.use_kernels and fused_mixer_available(hidden_states)
+        """Whether `forward` on ``hidden_states`` runs as mamba_ssm's fused `mamba_inner_fn` (CUDA only).
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(batch, length, d_model) -> (batch, length, d_model): a sequence that starts and ends here."""
-        if self.runs_fused(hidden_states):
+        The fused kernel reads the projections' and the convolution's weights itself, so it only runs when every
+        part is a plain `nn.Linear` / `nn.Conv1d` with its weights in memory: a part wrapped by PEFT (LoRA), given
+        an accelerate offload hook, or replaced by a serving engine's layer is called as a module instead."""
+        return self.use_kernels and self.in_proj is not None and fused_mixer_available(hidden_states) and all(
+            _is_plain(part) for part in (self.in_proj, self.conv1d, self.x_proj, self.dt_proj, self.out_proj))
+
+    def forward(
+        self, hidden_states: torch.Tensor, state: MambaMixerState | None = None, inner: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, MambaMixerState]:
+        """(batch, length, d_model) -> (batch, length, d_model).
+
+        Args:
+            hidden_states: (batch, length, d_model); with ``inner`` (always for a mixer built with
+                ``projections=False``) the output of a shared in_proj instead, (batch, length, 2 * d_inner).
+            state: the state the previous chunk of a stream left; None: the sequence starts here.
+            inner: skip in_proj and out_proj: xz (batch, length, 2 * d_inner) -> the gated SSM output
+                (batch, length, d_inner).
+        Returns:
+            The output; with a ``state``, (output, the state after the last token).
+
+        Every part is called as a module (never its ``.weight`` read), so PEFT adapters, accelerate's offload
+        hooks and serving engines' layer replacements see every call; the only exception is mamba_ssm's fused
+        kernel on CUDA, which runs only when every part is plain (`runs_fused`).
+        """
+        inner = inner or self.in_proj is None
+        if state is None and not inner and self.runs_fused(hidden_states):
             return mamba_inner(hidden_states, self)  # mamba_ssm's fused path, on CUDA only
-        return self._mix(hidden_states, None)[0]
+        xz = hidden_states if inner else self.in_proj(hidden_states)  # (batch, length, 2 * d_inner)
+        x, z = xz.chunk(2, dim=-1)  # (batch, length, d_inner) each
+        y, new_state = self._ssm(x, z, state)  # (batch, length, d_inner)
+        out = y if inner else self.out_proj(y)
+        return out if state is None else (out, new_state)
 
     def stream(self, hidden_states: torch.Tensor, state: MambaMixerState | None) -> tuple[torch.Tensor, MambaMixerState]:
         """One chunk of a stream: (batch, length, d_model) and the state the previous chunk left (None: the
         stream starts here) -> the chunk's output and the state after its last token. Chunk by chunk, the
         outputs equal one `forward` over the whole stream (and `Mamba.step` token by token)."""
-        return self._mix(hidden_states, state if state is not None else self.init_state(hidden_states.shape[0],
-                                                                                      hidden_states.device))
+        if state is None:
+            state = self.init_state(hidden_states.shape[0], hidden_states.device)
+        return self(hidden_states, state)
 
-    def _mix(self, hidden_states, state):
-        xz = self.in_proj(hidden_states)  # (batch, length, 2 * d_inner)
-        x, z = xz.chunk(2, dim=-1)  # (batch, length, d_inner) each
-        y, new_state = self.ssm(x, z, state)
-        return self.out_proj(y), new_state
-
-    def ssm(self, x: torch.Tensor, z: torch.Tensor, state: MambaMixerState | None = None):
+    def _ssm(self, x: torch.Tensor, z: torch.Tensor, state: MambaMixerState | None):
         """The mixer between its projections: x, z (batch, length, d_inner) -> y (batch, length, d_inner), and
-        the state after the last token when a ``state`` came in (else None)."""
+        the state after the last token when a ``state`` came in (else None). Runs inside `forward` only (offload
+        hooks materialise `A_log` and `D` for the duration of `forward`)."""
         # Causal depthwise convolution over time; a carried state supplies the previous d_conv - 1 inputs.
         x_t = x.transpose(1, 2)  # (batch, d_inner, length)
-        conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
-        prefix = None if state is None else state.conv_state[:, :, 1:].to(x_t.dtype)
-        x_conv = causal_conv1d(x_t, conv_weight, self.conv1d.bias, prefix=prefix, use_kernel=self.use_kernels)
+        length = x_t.shape[-1]
+        if state is None and self.use_kernels and _is_plain(self.conv1d) and conv_kernel_available(x_t):
+            x_conv = causal_conv1d(x_t, self.conv1d.weight.squeeze(1), self.conv1d.bias)  # causal_conv1d's kernel
+        elif state is None:
+            x_conv = self.conv1d(x_t)[..., :length]  # padded d_conv - 1 on both sides: keep the causal outputs
+        else:
+            prefix = state.conv_state[:, :, 1:].to(x_t.dtype)  # (batch, d_inner, d_conv - 1)
+            x_full = torch.cat([prefix, x_t], dim=-1)  # (batch, d_inner, d_conv - 1 + length)
+            x_conv = self.conv1d(x_full)[..., self.d_conv - 1:self.d_conv - 1 + length]
         x_conv = F.silu(x_conv).transpose(1, 2)  # (batch, length, d_inner)
 
         x_dbl = self.x_proj(x_conv)  # (batch, length, dt_rank + 2 * d_state)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)  # (batch, length, d_inner); the bias goes in as delta_bias
+        # dt_proj with its bias, as a module call (transformers' MambaMixer does the same off its fused path);
+        # mamba_ssm instead adds the bias inside the scan in fp32: identical in fp32, a rounding of the sum apart
+        # in bf16.
+        dt = self.dt_proj(dt)  # (batch, length, d_inner)
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         scan = selective_scan(
-            x_conv, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
-            delta_softplus=True, initial_state=None if state is None else state.ssm_state,
+            x_conv, dt, A, B, C, D=self.D.float(), z=z, delta_bias=None, delta_softplus=True,
+            initial_state=None if state is None else state.ssm_state,
             return_last_state=state is not None, use_kernel=self.use_kernels,
         )
         if state is None:
@@ -320,6 +351,13 @@ class StormMambaMixer(nn.Module):
         y, ssm_state = scan
         history = torch.cat([state.conv_state.to(x_t.dtype), x_t], dim=-1)  # (batch, d_inner, d_conv + length)
         return y, MambaMixerState(conv_state=history[:, :, -self.d_conv:], ssm_state=ssm_state)
+
+
+def _is_plain(module: nn.Module) -> bool:
+    """A bare nn.Linear / nn.Conv1d with its weights in memory: no PEFT wrapper, no accelerate hook, no
+    replacement layer, not on the meta device (what a fused kernel that reads `.weight` itself needs)."""
+    return (type(module) in (nn.Linear, nn.Conv1d) and not hasattr(module, "_hf_hook")
+            and not module.weight.is_meta)
 
 
 def _filled(whole: torch.Tensor | None, part: torch.Tensor, start: int, total: int) -> torch.Tensor:
@@ -398,50 +436,55 @@ class StormTemporalBlock(GradientCheckpointingLayer):
         self.inference_chunk_tokens = config.temporal_inference_chunk_tokens
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(batch, length, dim) -> (batch, length, dim)."""
-        normed = self.norm(hidden_states)
+        """(batch, length, dim) -> (batch, length, dim): each direction runs its mixer over the sequence (whole,
+        or in chunks that carry the state), the directions are merged once, then the residual."""
+        normed = self.norm(hidden_states)  # (batch, length, dim)
         # Without gradients, long sequences go through each direction in chunks that carry the scan and
         # convolution state (as `stream` does): the same outputs, but the mixer's d_inner-wide intermediates
         # exist for one chunk at a time instead of for every token of the video. Not where mamba_ssm's fused
         # path runs: its scan takes no initial state, and it does not hold those intermediates anyway.
         chunk = self.inference_chunk_tokens
-        chunked = (chunk is not None and not torch.is_grad_enabled() and hidden_states.shape[1] > chunk
-                   and not self.forward_mixer.runs_fused(hidden_states))
-        if not self.bidirectional:
-            if chunked:
-                return hidden_states + _in_chunks(self.forward_mixer.stream, normed, chunk)
-            return hidden_states + self.forward_mixer(normed)
-        if self.share_projections:  # Vision Mamba: shared projections, a convolution and SSM per direction
-            if chunked:
-                def direction(mixer):
-                    def step(h, state):  # one chunk: shared in_proj, this direction's convolution and SSM
-                        x, z = self.forward_mixer.in_proj(h).chunk(2, dim=-1)
-                        return mixer.ssm(x, z, state if state is not None else mixer.init_state(h.shape[0], h.device))
-                    return step
-
-                y = _in_chunks(direction(self.forward_mixer), normed, chunk)  # (batch, length, d_inner)
-                _in_chunks(direction(self.backward_mixer), normed, chunk, reverse=True, add_to=y)
-            else:
-                x, z = self.forward_mixer.in_proj(normed).chunk(2, dim=-1)  # (batch, length, d_inner) each
-                y = self.forward_mixer.ssm(x, z)[0] + self.backward_mixer.ssm(x.flip(1), z.flip(1))[0].flip(1)
-            return hidden_states + self.forward_mixer.out_proj(y if self.merge == "add" else 0.5 * y)
-        if chunked and self.merge != "concat":
-            mixed = _in_chunks(self.forward_mixer.stream, normed, chunk)  # (batch, length, dim)
-            _in_chunks(self.backward_mixer.stream, normed, chunk, reverse=True, add_to=mixed)
-            return hidden_states + (mixed if self.merge == "add" else mixed.mul_(0.5))
-        if chunked:
-            forward_out = _in_chunks(self.forward_mixer.stream, normed, chunk)
-            backward_out = _in_chunks(self.backward_mixer.stream, normed, chunk, reverse=True)
-        else:
-            forward_out = self.forward_mixer(normed)
-            backward_out = self.backward_mixer(normed.flip(1)).flip(1)
-        if self.merge == "add":
-            mixed = forward_out + backward_out
-        elif self.merge == "mean":
-            mixed = 0.5 * (forward_out + backward_out)
-        else:
-            mixed = self.merge_proj(torch.cat([forward_out, backward_out], dim=-1))
+        if (chunk is None or torch.is_grad_enabled() or hidden_states.shape[1] <= chunk
+                or self.forward_mixer.runs_fused(hidden_states)):
+            chunk = None
+        # Vision Mamba layout: the shared in_proj feeds both directions' convolution and SSM (once for the whole
+        # sequence, or per chunk), and the merged (batch, length, d_inner) result goes through the shared out_proj.
+        shared = self.forward_mixer.in_proj if self.share_projections else None
+        if shared is not None and chunk is None:
+            normed, shared = shared(normed), None  # (batch, length, 2 * d_inner)
+        sums = self.merge in ("add", "mean")
+        mixed = self._direction(self.forward_mixer, normed, chunk, shared)
+        if self.backward_mixer is not None:
+            backward = self._direction(self.backward_mixer, normed, chunk, shared, reverse=True,
+                                       add_to=mixed if sums and chunk is not None else None)
+            if self.merge == "concat":
+                mixed = self.merge_proj(torch.cat([mixed, backward], dim=-1))
+            elif chunk is None:
+                mixed = mixed + backward if self.merge == "add" else 0.5 * (mixed + backward)
+            elif self.merge == "mean":
+                mixed.mul_(0.5)  # the backward outputs were added into `mixed` chunk by chunk
+        if self.share_projections:
+            mixed = self.forward_mixer.out_proj(mixed)
         return hidden_states + mixed
+
+    def _direction(self, mixer: StormMambaMixer, sequence: torch.Tensor, chunk: int | None, project=None,
+                   reverse: bool = False, add_to: torch.Tensor | None = None) -> torch.Tensor:
+        """One direction: ``mixer`` over (batch, length, dim) read forward or, with ``reverse``, from its end,
+        whole (``chunk`` None) or in chunks of ``chunk`` tokens carrying the state; outputs in sequence order.
+        ``project``: the shared in_proj applied to each chunk first (the mixer then runs without projections);
+        ``add_to``: chunked outputs are added into that tensor, which is returned."""
+        inner = self.share_projections
+
+        def run(piece, state):  # (batch, n, dim) -> the mixer's output on it (and the state after it)
+            return mixer(piece if project is None else project(piece), state, inner=inner)
+
+        if chunk is None:
+            out = run(sequence.flip(1) if reverse else sequence, None)
+            return out.flip(1) if reverse else out
+        return _in_chunks(
+            lambda piece, state: run(piece, state if state is not None else mixer.init_state(piece.shape[0], piece.device)),
+            sequence, chunk, reverse=reverse, add_to=add_to,
+        )
 
     def stream(self, hidden_states: torch.Tensor, state: MambaMixerState | None) -> tuple[torch.Tensor, MambaMixerState]:
         """One chunk of a stream (forward-only layers): (output, state after the chunk)."""
@@ -638,7 +681,12 @@ class StormModel(StormPreTrainedModel):
         ``attentions`` only when asked in ``kwargs``) and the projected tokens (num_frames, N, dim). Each
         micro-batch's results are written into tensors for all frames as they come (no list of pieces
         concatenated at the end, which would hold everything twice)."""
-        keep_hidden, keep_attentions = bool(kwargs.get("output_hidden_states")), bool(kwargs.get("output_attentions"))
+        # Not asked for in the call: the configs decide, as in transformers' models (the composite config's
+        # output_hidden_states / output_attentions, or the vision config's).
+        for name in ("output_hidden_states", "output_attentions"):
+            if kwargs.get(name) is None:
+                kwargs[name] = bool(getattr(self.config, name, False) or getattr(self.config.vision_config, name, False))
+        keep_hidden, keep_attentions = bool(kwargs["output_hidden_states"]), bool(kwargs["output_attentions"])
         total = frames.shape[0]
         step = max(1, self.config.vision_frames_per_batch or total)
         if step >= total:
@@ -759,6 +807,26 @@ class StormModel(StormPreTrainedModel):
         )
         return mask.unsqueeze(-1)
 
+    @staticmethod
+    def _check_no_placeholders(input_ids: torch.Tensor, token_id: int, kind: str, cached):
+        """A prompt holding ``kind`` placeholders without that kind's pixels would run as text: refuse it. Only
+        a prompt (nothing ``cached`` yet): a decoding step may emit the placeholder id like any other token."""
+        if isinstance(cached, int) and cached > 0:
+            return
+        n_tokens = (input_ids == token_id).sum()
+        pixels = "pixel_values_videos" if kind == "video" else "pixel_values"
+        # branch-free on a tensor `cached` (static cache), so that torch.compile traces one graph
+        ok = n_tokens == 0 if isinstance(cached, int) else (n_tokens == 0) | (cached > 0)
+        torch_compilable_check(
+            ok,
+            lambda: (
+                f"The input has {int(n_tokens)} {kind} placeholder tokens (id {token_id}) but no {pixels} (nor "
+                f"precomputed {kind} features): the model would answer without seeing the {kind}. Pass the {kind}s "
+                f"through the processor (`processor(text=..., videos=...)`, or a training collator that calls it), or "
+                f"remove the placeholders for a text-only input."
+            ),
+        )
+
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -796,8 +864,11 @@ class StormModel(StormPreTrainedModel):
         if encoded.get("video") is None and pixel_values_videos is not None:
             encoded["video"] = self.get_video_features(pixel_values_videos, video_num_frames)
 
+        cached = 0 if cache is None else cache.get_seq_length()  # an int, or a tensor for a static cache
         for kind, token_id in (("image", self.config.image_token_id), ("video", self.config.video_token_id)):
             if encoded.get(kind) is None:
+                if input_ids is not None:
+                    self._check_no_placeholders(input_ids, token_id, kind, cached)
                 continue
             features = torch.cat(list(encoded[kind].pooler_output), dim=0)  # (total tokens, dim)
             features = features.to(inputs_embeds.device, inputs_embeds.dtype)
@@ -862,6 +933,22 @@ class StormForConditionalGeneration(StormFromPartsMixin, StormPreTrainedModel, G
         self.config.text_config.eos_token_id = value
         self.config.text_config.pad_token_id = int(pad)
         return self
+
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate`, refusing a right-padded batch: new tokens are appended after the last
+        position, so a row that ends in padding would be continued after its padding and answer wrongly
+        (transformers only warns). The processor pads on the left by default."""
+        mask = kwargs.get("attention_mask")
+        if torch.is_tensor(mask) and mask.dim() == 2 and mask.shape[1] > 0 and not torch.compiler.is_compiling():
+            ends_padded = (mask[:, -1] == 0).nonzero().flatten().tolist()
+            if ends_padded:
+                raise ValueError(
+                    f"generate: row(s) {ends_padded} of the batch end in padding (attention_mask[:, -1] == 0): the "
+                    "prompts are padded on the right, and generation would continue after the padding. Pad on the "
+                    "left: processor(..., padding_side='left') (the processor's default), or "
+                    "processor.tokenizer.padding_side = 'left'."
+                )
+        return super().generate(*args, **kwargs)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

@@ -59,6 +59,12 @@ class StormProcessor(ProcessorMixin):
         self.spatial_pool_p = spatial_pool_p
         self.temporal_sample_s = temporal_sample_s
         super().__init__(video_processor, tokenizer, chat_template=chat_template or STORM_CHAT_TEMPLATE)
+        # Batches are padded on the left unless the tokenizer was saved with a side of its own: generation appends
+        # after the last position, so a right-padded prompt would be continued after its padding (transformers only
+        # warns). Training collators that need right padding ask for it (StormDataCollator does).
+        if tokenizer is not None and "padding_side" not in getattr(tokenizer, "init_kwargs", {}):
+            tokenizer.padding_side = "left"
+            tokenizer.init_kwargs["padding_side"] = "left"  # saved with the tokenizer
 
     def check_argument_for_proper_class(self, argument_name, argument):
         # transformers checks video processors against BaseVideoProcessor, which needs torchvision;

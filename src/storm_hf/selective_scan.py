@@ -515,6 +515,11 @@ def selective_scan(
     return out.transpose(1, 2)
 
 
+def conv_kernel_available(x: torch.Tensor) -> bool:
+    """True when `causal_conv1d` would use causal_conv1d's kernel for ``x`` (installed, and x on CUDA)."""
+    return _on_kernel_device(x) and _causal_conv1d_kernel() is not None
+
+
 def fused_mixer_available(hidden_states: torch.Tensor) -> bool:
     """True when a whole mixer can run as mamba_ssm's `mamba_inner_fn` (it needs causal_conv1d too)."""
     return (_on_kernel_device(hidden_states) and _mamba_ssm_inner() is not None

@@ -110,7 +110,10 @@ class StormDataCollator:
             if record.get("video"):
                 videos.append(os.path.join(self.video_root, record["video"]))
         kwargs = {} if self.num_frames is None else {"num_frames": self.num_frames}
-        batch = self.processor(text=texts, videos=videos or None, return_tensors="pt", padding=True, **kwargs)
+        # Right padding for training, whatever the processor's default (left, for generation): every row's
+        # positions then start at 0, as in an unpadded forward.
+        batch = self.processor(text=texts, videos=videos or None, return_tensors="pt", padding=True,
+                               padding_side="right", **kwargs)
         batch["labels"] = self.answer_labels(batch["input_ids"], batch["attention_mask"])
         return dict(batch)
 
