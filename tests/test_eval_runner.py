@@ -148,7 +148,7 @@ def test_cli_eval_writes_results_and_bad_input_exits_with_a_message(data, tmp_pa
     assert "3 records, accuracy" in out and "seconds per sample" in out and output.is_file()
     with pytest.raises(SystemExit) as exit_info:
         cli(["eval", str(tmp_path / "missing.jsonl")])
-    assert exit_info.value.code == 1 and "missing.jsonl: no such data file" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "missing.jsonl: no such data file" in capsys.readouterr().err
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "bad.mp4").write_bytes(b"not a video at all")

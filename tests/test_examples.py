@@ -30,8 +30,16 @@ def test_video_question_example():
 
 
 def test_finetune_lora_example(tmp_path):
-    out = run("finetune_lora.py", "--max-steps", "6", cwd=tmp_path)
+    import re
+
+    import yaml
+
+    out = run("finetune_lora.py", "--max-steps", "4", cwd=tmp_path)  # fewer steps than the usual logging interval
     assert "stage lora:" in out and "merged model in" in out
+    assert re.search(r"^loss \d+\.\d+ -> \d+\.\d+ over steps 0-4; adapter in", out, flags=re.M)
+    training = yaml.safe_load((tmp_path / "outputs" / "job.yaml").read_text())["training"]
+    assert training["logging_steps"] == 4 and training["activation_checkpointing"] is True
+    assert "gradient_checkpointing" not in training  # transformers 5's name, not the deprecated one
     assert (tmp_path / "outputs" / "storm-lora" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "outputs" / "storm-lora" / "merged" / "model.safetensors").is_file()
     assert (tmp_path / "outputs" / "example-data" / "train.jsonl").is_file()
@@ -73,3 +81,4 @@ def test_latency_peak_memory_sees_the_image_encoders_allocations():
         block = torch.ones(64, 2**20)  # 256 MB, touched
         del block
     assert memory.peak_mb > 200
+

@@ -8,6 +8,7 @@ from transformers import AutoProcessor
 from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor, StormVideoProcessor
 
 from .tokenizer_factory import tiny_tokenizer
+from .url_server import serving
 from .video_factory import make_video
 
 
@@ -132,3 +133,69 @@ def test_unknown_arguments_raise_with_the_accepted_names(clip):
                                       tokenize=True, return_dict=True, processor_kwargs={"fsp": 1})
     ok = processor(text="<video> what", videos=[clip], num_frames=4, truncation=False, padding_side="left")
     assert ok["video_num_frames"].tolist() == [4]  # real video and tokenizer settings still pass
+
+
+def test_chat_videos_given_by_http_and_file_urls(clip, monkeypatch):
+    from pathlib import Path
+
+    from storm_hf import VideoReadError
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)  # the local server is reached directly
+    config, processor = make(num_frames=4)
+
+    def ask(video_item):
+        conversation = [{"role": "user", "content": [video_item, {"type": "text", "text": "what happens ?"}]}]
+        return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True, return_tensors="pt")
+
+    local = ask({"type": "video", "path": clip})
+    with serving({"/v/clip.mp4": open(clip, "rb").read()}) as base:
+        for item in ({"type": "video", "url": base + "/v/clip.mp4"}, {"type": "video", "video": base + "/v/clip.mp4"},
+                     {"type": "video", "url": Path(clip).as_uri()}):
+            inputs = ask(item)
+            assert torch.equal(inputs["pixel_values_videos"], local["pixel_values_videos"]), item
+            assert torch.equal(inputs["input_ids"], local["input_ids"])
+        with pytest.raises(VideoReadError, match=f"{base}/v/gone.mp4: the server answered 404 Not Found"):
+            ask({"type": "video", "url": base + "/v/gone.mp4"})
+        # the processor itself, and a video of the batch given by URL
+        batch = processor(text=["<video> what", "<video> what"], videos=[clip, base + "/v/clip.mp4"])
+        assert batch["video_num_frames"].tolist() == [4, 4]
+    with pytest.raises(VideoReadError, match="ftp://host/clip.mp4: ftp: URLs are not supported"):
+        ask({"type": "video", "url": "ftp://host/clip.mp4"})
+
+
+@pytest.mark.parametrize("text, which", [("", "text"), ("   \n", "text"), (["<video> what", " "], r"text\[1\]")])
+def test_an_empty_prompt_is_refused(clip, text, which):
+    _, processor = make(num_frames=4)
+    videos = [clip] * sum(t.count("<video>") for t in ([text] if isinstance(text, str) else text))
+    with pytest.raises(ValueError, match=rf"StormProcessor: {which} is empty; give the prompt"):
+        processor(text=text, videos=videos or None)
+
+
+def test_a_user_turn_with_a_blank_question_is_refused_a_video_only_turn_is_not(clip):
+    config, processor = make(num_frames=4)
+    for blank in ("", "  "):
+        conversation = [{"role": "user", "content": [{"type": "video", "path": clip}, {"type": "text", "text": blank}]}]
+        with pytest.raises(ValueError, match="the user's text in message 0 is empty; give the question"):
+            processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+        with pytest.raises(ValueError, match="message 1 is empty"):
+            processor.apply_chat_template([{"role": "system", "content": ""}, {"role": "user", "content": blank}])
+        batch = [[{"role": "user", "content": "what ?"}], [{"role": "user", "content": blank}]]
+        with pytest.raises(ValueError, match="conversation 1, message 0 is empty"):
+            processor.apply_chat_template(batch)
+    video_only = [{"role": "user", "content": [{"type": "video", "path": clip}]}]
+    inputs = processor.apply_chat_template(video_only, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert sum(i == config.video_token_id for i in inputs["input_ids"][0]) == config.num_visual_tokens(4)
+    assert processor(text="<video>", videos=[clip])["video_num_frames"].tolist() == [4]  # a placeholder alone is a prompt
+
+
+@pytest.mark.parametrize("setting", [{"num_frames": 2.5}, {"num_frames": 0}, {"num_frames": -2}, {"num_frames": True},
+                                     {"fps": 0.0, "num_frames": None}, {"fps": float("inf"), "num_frames": None}])
+def test_bad_sampling_settings_are_named_before_any_file_is_read(setting, tmp_path):
+    _, processor = make(num_frames=4)
+    name, value = next((k, v) for k, v in setting.items() if v is not None)
+    missing = str(tmp_path / "not-read.mp4")  # never opened: the setting is refused first
+    for budget in (None, 10_000):  # the frame budget must not round 2.5 down to 2 silently
+        with pytest.raises(ValueError, match=rf"StormProcessor: {name} must be .*; got {value!r}\.$"):
+            processor(text="<video> what", videos=[missing], max_visual_tokens=budget, **setting)

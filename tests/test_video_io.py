@@ -1,6 +1,7 @@
 """Exact frame reading with seeking, sampling, and clear errors on bad files."""
 
 import io
+import os
 import re
 import time
 import warnings
@@ -10,6 +11,7 @@ import pytest
 
 from storm_hf.video_io import VideoReadError, probe_video, read_frames, sample_frame_indices
 
+from .url_server import serving, unused_port
 from .video_factory import decode_index, full_decode, make_audio_only, make_video
 
 
@@ -225,3 +227,101 @@ def test_a_failing_decoder_stops_the_call_with_its_error(videos, monkeypatch):
 def test_workers_must_be_a_positive_integer(videos, workers):
     with pytest.raises(ValueError, match="workers must be a positive integer or None"):
         read_frames(videos["bframes"], [0], workers=workers)
+
+
+@pytest.mark.parametrize("num_frames", [2.5, 0, -3, True, "8", float("nan")])
+def test_a_bad_frame_count_is_named_not_taken_for_a_file_error(num_frames):
+    timestamps = np.arange(48) / 24.0
+    with pytest.raises(ValueError, match=r"num_frames must be a whole number of frames, at least 1; got ") as info:
+        sample_frame_indices(timestamps, num_frames=num_frames)
+    assert repr(num_frames) in str(info.value) and not isinstance(info.value, VideoReadError)
+    with pytest.raises(ValueError, match=r"max_frames must be a whole number of frames, at least 1; got 1.5"):
+        sample_frame_indices(timestamps, fps=2, max_frames=1.5)
+    assert sample_frame_indices(timestamps, num_frames=np.int64(4)).tolist() == \
+        sample_frame_indices(timestamps, num_frames=4.0).tolist() == [6, 18, 30, 42]  # whole numbers in any type
+
+
+@pytest.mark.parametrize("fps", [0, -1.0, float("inf"), float("nan"), True, "2"])
+def test_a_bad_fps_is_named(fps):
+    with pytest.raises(ValueError, match=r"fps must be a number of frames a second above 0; got "):
+        sample_frame_indices(np.arange(48) / 24.0, fps=fps)
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """Requests to the tests' local server go straight to it, whatever proxy the environment names."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_an_http_url_reads_the_same_frames_once_downloaded_by_every_worker(videos, no_proxy, monkeypatch, tmp_path):
+    import tempfile
+
+    import storm_hf.video_io as video_io
+
+    monkeypatch.setattr(video_io, "MIN_FRAMES_PER_WORKER", 2)  # split even this short video
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the downloads go, to see them removed
+    parallel_sources = []
+    real = video_io._read_parts_in_parallel
+
+    def spy(source, *args):
+        parallel_sources.append(source)
+        return real(source, *args)
+
+    monkeypatch.setattr(video_io, "_read_parts_in_parallel", spy)
+    indices = [99, 0, 13, 13, 50, 87]
+    local, local_stamps, _ = read_frames(videos["bframes"], indices, workers=1)
+    with serving({"/clips/bframes.mp4": open(videos["bframes"], "rb").read()}) as base:
+        url = base + "/clips/bframes.mp4"
+        assert probe_video(url).total_frames == 100
+        for workers in (1, 3):
+            frames, stamps, index = read_frames(url, indices, workers=workers)
+            assert np.array_equal(frames, local) and np.array_equal(stamps, local_stamps)
+        with video_io.local_source(url) as downloaded:  # one download for a probe and a read
+            assert str(downloaded) == url and os.path.isfile(downloaded)
+            frames, _, _ = read_frames(downloaded, indices, index=probe_video(downloaded), workers=3)
+            assert np.array_equal(frames, local)
+        assert not os.path.exists(downloaded)
+    # the parallel workers read the downloaded file (named by its URL), each opening it itself
+    assert len(parallel_sources) == 2 and all(str(source) == url for source in parallel_sources)
+    assert os.listdir(tmp_path) == []  # every download removed
+
+
+def test_a_file_url_is_the_local_path_percent_decoded(tmp_path):
+    path = make_video(tmp_path / "my clip #1.mp4", num_frames=10, gop=5)
+    url = path.as_uri()
+    assert "my%20clip%20%231.mp4" in url
+    assert probe_video(url).total_frames == 10
+    frames, _, _ = read_frames(url, [7, 2])
+    assert [decode_index(f) for f in frames] == [7, 2]
+    missing = (tmp_path / "gone.mp4").as_uri()
+    expect_error(missing, re.escape(missing) + ": no such file")
+    expect_error("file://fileserver/share/clip.mp4", "a file:// URL must name a file on this machine")
+
+
+def test_http_failures_name_the_url_and_the_reason_promptly(videos, no_proxy, monkeypatch, tmp_path):
+    import tempfile
+
+    import storm_hf.video_io as video_io
+
+    monkeypatch.setattr(video_io, "URL_TIMEOUT", 0.5)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    refused = f"http://127.0.0.1:{unused_port()}/clip.mp4"
+    expect_error(refused, re.escape(refused) + r": cannot be downloaded \(Connection refused\)")
+    with serving({"/clip.mp4": open(videos["bframes"], "rb").read()}) as base:
+        expect_error(base + "/missing.mp4", re.escape(base) + r"/missing.mp4: the server answered 404 Not Found")
+        expect_error(base + "/cut/clip.mp4", r"/cut/clip.mp4: the download stopped after (\d+) of \d+ bytes \(the "
+                     r"server closed the connection\)")
+        expect_error(base + "/stall/clip.mp4", r"/stall/clip.mp4: the download stopped after 0 bytes \(no answer "
+                     r"from the server within 0.5 s\)")
+    assert os.listdir(tmp_path) == []  # no partial download left behind
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/clip.mp4", "s3://bucket/clip.mp4", "rtsp://camera/stream",
+                                 "data:video/mp4;base64,AAAA"])
+def test_other_url_schemes_are_refused_with_the_supported_ones(url):
+    scheme = url.split(":")[0]
+    expect_error(url, re.escape(f"{url}: {scheme}: URLs are not supported") + r".*give a local path, or an "
+                 r"http://, https:// or file:// URL")
+    with pytest.raises(VideoReadError, match="URLs are not supported"):
+        probe_video(url)

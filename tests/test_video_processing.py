@@ -135,3 +135,13 @@ def test_still_images_given_as_videos_are_one_frame_clips(tmp_path, clip):
     assert out["video_num_frames"].tolist() == [1, 8]
     meta = out["video_metadata"][0]
     assert meta.video_backend == "pillow" and meta.frames_indices == [0] and meta.timestamps == [0.0]
+
+
+@pytest.mark.parametrize("setting", [{"num_frames": 2.5}, {"num_frames": 0}, {"num_frames": False},
+                                     {"max_frames": 1.5}, {"fps": -1, "num_frames": None}, {"fps": "2", "num_frames": None}])
+def test_bad_sampling_settings_name_the_setting_and_value_for_files_and_arrays(clip, setting):
+    name, value = next((k, v) for k, v in setting.items() if v is not None)
+    for video in (str(clip), np.zeros((6, 8, 8, 3), np.uint8)):
+        with pytest.raises(ValueError, match=rf"StormVideoProcessor: {name} must be .*; got {value!r}\.$") as info:
+            small_processor()(video, **setting)
+        assert not isinstance(info.value, VideoReadError)  # a setting's error, not the file's

@@ -161,9 +161,15 @@ def test_fewer_frames_than_asked_are_all_used_and_reduction_settings_change_the_
     ("text file", "This file cannot be read as a video. notes.mp4: not a readable video container"),
     ("audio only", "This file cannot be read as a video. speech.m4a: the file has no video stream (streams: audio)"),
     ("empty file", "This file cannot be read as a video. empty.mp4: the file is empty (0 bytes)."),
-    ("zero k", "temporal_pool_k must be a positive whole number; got 0."),
-    ("too many frames", "Frames must be between 1 and the frame budget, 64; got 65."),
-    ("zero fps", "Frames a second must be above 0; got 0.0."),
+    ("zero k", "k (temporal pooling) must be a whole number between 1 and 8; got 0."),
+    ("too many frames", "Frames must be a whole number between 1 and the frame budget, 64; got 65."),
+    ("fractional frames", "Frames must be a whole number between 1 and the frame budget, 64; got 2.5."),
+    ("no frames", "Frames must be a whole number between 1 and the frame budget, 64; got nothing."),
+    ("zero fps", "Frames a second must be above 0 and at most 30; got 0."),
+    ("too many fps", "Frames a second must be above 0 and at most 30; got 120."),
+    ("k too large", "k (temporal pooling) must be a whole number between 1 and 8; got 9."),
+    ("p beyond the grid", "p (spatial pooling) must be a whole number between 1 and 4; got 5."),
+    ("fractional s", "s (temporal sampling) must be a whole number between 1 and 8; got 1.5."),
 ])
 def test_bad_requests_get_a_message_and_the_next_request_is_answered(bundled, tmp_path, case, expected):
     clip = example_clips()[0]
@@ -179,7 +185,13 @@ def test_bad_requests_get_a_message_and_the_next_request_is_answered(bundled, tm
         "empty file": Request(str(tmp_path / "empty.mp4"), "which way ?"),
         "zero k": Request(clip["video"], "which way ?", temporal_pool_k=0),
         "too many frames": Request(clip["video"], "which way ?", num_frames=65),
+        "fractional frames": Request(clip["video"], "which way ?", num_frames=2.5),
+        "no frames": Request(clip["video"], "which way ?", num_frames=None),  # the number box emptied
         "zero fps": Request(clip["video"], "which way ?", "fps", fps=0.0),
+        "too many fps": Request(clip["video"], "which way ?", "fps", fps=120.0),
+        "k too large": Request(clip["video"], "which way ?", temporal_pool_k=9),
+        "p beyond the grid": Request(clip["video"], "which way ?", spatial_pool_p=5),  # the bundled grid is 4 x 4
+        "fractional s": Request(clip["video"], "which way ?", temporal_sample_s=1.5),
     }[case]
     last = run(bundled, request)[-1]
     assert last.failed and expected in last.status and str(tmp_path) not in last.status
@@ -264,17 +276,85 @@ def test_ask_tells_each_stage_and_streams_the_text(bundled):
     assert ("tokens", (256, 64)) in events and [v for k, v in events if k == "text"][-1] == result.answer
 
 
+def by_id(page, elem_id):
+    return next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
 def test_the_gradio_page_and_app_py_build(bundled, monkeypatch):
     gr = pytest.importorskip("gradio")
     page = web_demo.build_demo(model=bundled[0], processor=bundled[1], budget=32)
     assert isinstance(page, gr.Blocks)
     ids = {block.elem_id for block in page.blocks.values()}
     assert {"video", "preview", "question", "ask", "status", "answer", "tokens", "timings", "frames"} <= ids
+    # Number boxes without bounds: a value out of range reaches the page's check (a message), where a slider or
+    # a bounded box would clamp it in the browser, or refuse it with Gradio's own error.
+    for elem_id in ("num-frames", "fps", "k", "p", "s"):
+        box = by_id(page, elem_id)
+        assert isinstance(box, gr.Number) and box.minimum is None and box.maximum is None, elem_id
+    assert by_id(page, "p").info.startswith("1 to 4:") and by_id(page, "k").info.startswith("1 to 8:")
+    assert page.storm_launch_kwargs == {"allowed_paths": [web_demo.EXAMPLES_DIR], "max_file_size": 500 * 2**20}
     monkeypatch.setenv("STORM_MAX_FRAMES", "24")
+    monkeypatch.setenv("STORM_MAX_UPLOAD_MB", "2")
     namespace = runpy.run_path(str(ROOT / "app.py"), run_name="space")  # as a Space imports it, without serving
     assert isinstance(namespace["demo"], gr.Blocks)
-    sliders = [b for b in namespace["demo"].blocks.values() if getattr(b, "elem_id", None) == "num-frames"]
-    assert sliders[0].maximum == 24
+    assert by_id(namespace["demo"], "num-frames").info == "1 to 24 (the frame budget)"
+    assert "up to 2 MB" in by_id(namespace["demo"], "video").label
+    assert namespace["demo"].storm_launch_kwargs["max_file_size"] == 2 * 2**20
+
+
+def test_the_upload_cap_is_passed_to_gradio_by_every_way_of_serving(bundled, monkeypatch):
+    gr = pytest.importorskip("gradio")
+    from storm_hf.cli import main
+
+    served = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: served.append(kwargs))
+    monkeypatch.setattr(web_demo, "load", lambda name=None: bundled)
+    web_demo.launch(port=7000, max_upload_mb=3)
+    assert served[-1]["max_file_size"] == 3 * 2**20 and served[-1]["allowed_paths"] == [web_demo.EXAMPLES_DIR]
+    main(["demo", "--web", "--max-upload-mb", "0.5"])
+    assert served[-1]["max_file_size"] == 2**19
+    main(["demo", "--web"])
+    assert served[-1]["max_file_size"] == web_demo.DEFAULT_MAX_UPLOAD_MB * 2**20
+    monkeypatch.setenv("STORM_MAX_UPLOAD_MB", "7")
+    runpy.run_path(str(ROOT / "app.py"), run_name="__main__")  # `python app.py`, as a Space runs it
+    assert served[-1]["max_file_size"] == 7 * 2**20
+    with pytest.raises(SystemExit) as exit:
+        main(["demo", "--web", "--max-upload-mb", "0"])
+    assert exit.value.code == 2
+    with pytest.raises(ValueError, match="The upload size cap must be a number of MB above 0, got -1"):
+        web_demo.build_demo(model=bundled[0], processor=bundled[1], max_upload_mb=-1)
+
+
+def test_an_upload_over_the_cap_is_refused_with_a_readable_message(bundled):
+    pytest.importorskip("gradio")
+    import json
+    import urllib.error
+    import urllib.request
+
+    page = web_demo.build_demo(model=bundled[0], processor=bundled[1], max_upload_mb=0.01)  # 10485 bytes
+    page.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                **page.storm_launch_kwargs)
+    try:
+        url = page.local_url
+        with urllib.request.urlopen(url + "config", timeout=30) as response:
+            assert json.load(response)["max_file_size"] == 10485  # the browser checks it before sending
+        for size, refused in ((20_000, True), (5_000, False)):
+            boundary = "storm-test-boundary"
+            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"clip.mp4\"\r\n"
+                    f"Content-Type: video/mp4\r\n\r\n").encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
+            request = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
+                                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    status, text = response.status, response.read().decode()
+            except urllib.error.HTTPError as error:
+                status, text = error.code, error.read().decode()
+            if refused:
+                assert status == 413 and "File size exceeded maximum allowed size of 10485 bytes." in text
+            else:
+                assert status == 200 and "clip.mp4" in text
+    finally:
+        page.close()
 
 
 def test_a_space_made_as_the_readme_says_runs_app_py_on_its_own_copy(tmp_path):
@@ -336,7 +416,9 @@ def test_web_flag_without_gradio_says_how_to_install_it(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit:
         main(["demo", "--web"])
     assert exit.value.code == 2
-    assert 'pip install "storm_hf[demo]"' in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
+    assert 'pip install -e ".[demo]" in the repository root (or pip install "gradio>=6,<7")' in err
+    assert "storm_hf[" not in err
 
 
 def test_web_flag_refuses_a_video_argument(capsys):

@@ -32,12 +32,14 @@ class StormCheckpointMixin:
         "AutoConfig": "configuration_storm.StormConfig",
         "AutoModel": "modeling_storm.StormModel",
         "AutoModelForImageTextToText": "modeling_storm.StormForConditionalGeneration",
+        "AutoModelForMultimodalLM": "modeling_storm.StormForConditionalGeneration",  # pipeline("any-to-any")
     }
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers' (safetensors, sharded above `max_shard_size`), plus the remote-code files
         (configuration_storm.py, modeling_storm.py, selective_scan.py) and an `auto_map` for AutoConfig,
-        AutoModel and AutoModelForImageTextToText, so `trust_remote_code=True` loads it without storm_hf.
+        AutoModel, AutoModelForImageTextToText and AutoModelForMultimodalLM, so `trust_remote_code=True` loads it
+        without storm_hf.
 
         Over an existing folder the save is all-or-nothing and keeps everything it does not replace:
         the new files are written to a fresh sibling folder, every other entry of the folder (processor and

@@ -1,6 +1,9 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
 """The `storm-hf` command: `storm-hf train CONFIG` (storm_hf.train), `storm-hf demo ...` (storm_hf.demo) and
-`storm-hf eval DATA ...` (storm_hf.eval_runner)."""
+`storm-hf eval DATA ...` (storm_hf.eval_runner).
+
+Exit status: 0 on success; 2 for a usage or input error (argparse's convention: a bad flag, a missing or
+unreadable file, a bad config, video or checkpoint), with a one-line message on stderr and no traceback."""
 
 from __future__ import annotations
 
@@ -12,10 +15,16 @@ COMMANDS = {
     "demo": "ask a model about a video; without arguments, run held-out benchmark clips (see storm_hf.demo)",
     "eval": "evaluate a model on a local JSON/JSONL video QA set (see storm_hf.eval_runner)",
 }
+INPUT_ERROR = 2  # the exit status of usage and input errors, as argparse's own
+
+
+def _input_error(command: str, error: BaseException):
+    print(f"storm-hf {command}: error: {error}", file=sys.stderr)
+    raise SystemExit(INPUT_ERROR) from None
 
 
 def main(argv=None) -> int:
-    """Runs one `storm-hf` command and returns its exit status (0); errors in the input exit with status 1 and
+    """Runs one `storm-hf` command and returns its exit status (0); errors in the input exit with status 2 and
     a one-line message. From Python, call `storm_hf.train.train` or `storm_hf.demo.main` for their results."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
@@ -24,26 +33,33 @@ def main(argv=None) -> int:
         for name, text in COMMANDS.items():
             commands.add_parser(name, help=text, add_help=False)
         parser.parse_args(argv)  # prints the usage and exits: no command, or an unknown one
-        return 2
+        return INPUT_ERROR
     command, rest = argv[0], argv[1:]
     if command == "train":
-        from .train import load_config, train
+        from . import train as train_module
 
-        parser = argparse.ArgumentParser(prog="storm-hf train", description=COMMANDS["train"])
-        parser.add_argument("config")
+        parser = argparse.ArgumentParser(prog="storm-hf train", description=train_module.__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("config", help="the job: a JSON file, or YAML (.yaml / .yml), with the keys above")
         args = parser.parse_args(rest)
-        train(load_config(args.config))
-        return 0
-    if command == "eval":
+        try:
+            config = train_module.load_config(args.config)
+        except (ValueError, OSError) as error:  # missing file, bad syntax, a missing or unknown key
+            _input_error(command, error)
+        run = train_module.train
+    elif command == "eval":
         from .eval_runner import main as run
+
+        config = rest
     else:
         from .demo import main as run
+
+        config = rest
     try:
-        run(rest)
+        run(config)
         return 0
     except (ValueError, OSError) as error:  # bad video, bad checkpoint, missing file: the message says what
-        print(f"storm-hf {command}: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _input_error(command, error)
 
 
 if __name__ == "__main__":

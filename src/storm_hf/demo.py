@@ -4,7 +4,8 @@
     storm-hf demo                                   # a few held-out benchmark clips: question, expected, given
     storm-hf demo --task order_in_window --seed 3   # one generated benchmark clip, with the full report
     storm-hf demo --video clip.mp4 --question "which way does the white square move ?"
-    storm-hf demo --web [--port 7860]              # the same on a web page (Gradio: pip install "storm_hf[demo]")
+    storm-hf demo --video https://example.com/clip.mp4 --question "what happens ?"   # a URL is downloaded first
+    storm-hf demo --web [--port 7860]              # the same on a web page (needs Gradio, see --web)
 
 The model is the bundled one (`storm_hf.miniature.BUNDLED_MODEL`, trained on `storm_hf.temporal_qa`) unless
 ``--model`` names another checkpoint folder or Hub id. The report gives the answer, the frames sampled with
@@ -17,6 +18,7 @@ and the LLM through `generate()`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -102,10 +104,11 @@ class SampledVideo:
 
 
 def sample_video(processor, source, num_frames=None, fps=None, max_frames=None, progress=None) -> SampledVideo:
-    """Sample and decode a video file (path, bytes or binary file) the way ``processor`` would: ``num_frames``
-    evenly or ``fps`` frames a second (neither: the processor's defaults), at most ``max_frames`` (None: the
-    processor's). ``progress``: as in `video_io.read_frames` (a callable gets ``(frames done, frames in all)``)."""
-    from .video_io import probe_video, read_frames
+    """Sample and decode a video file (path, http(s) or file:// URL, bytes or binary file) the way ``processor``
+    would: ``num_frames`` evenly or ``fps`` frames a second (neither: the processor's defaults), at most
+    ``max_frames`` (None: the processor's). ``progress``: as in `video_io.read_frames` (a callable gets
+    ``(frames done, frames in all)``)."""
+    from .video_io import check_sampling, local_source, probe_video, read_frames
 
     sampler = processor.video_processor
     if num_frames is not None and fps is not None:
@@ -113,10 +116,12 @@ def sample_video(processor, source, num_frames=None, fps=None, max_frames=None, 
     if num_frames is None and fps is None:
         num_frames, fps = sampler.num_frames, sampler.fps
     max_frames = sampler.max_frames if max_frames is None else max_frames
-    index = probe_video(source)
-    wanted = sampler.sample_frames(None, num_frames, fps, None, timestamps=index.timestamps)
-    indices = sampler.sample_frames(None, num_frames, fps, max_frames, timestamps=index.timestamps)
-    frames, timestamps, _ = read_frames(source, indices, index=index, progress=progress)
+    num_frames, fps, max_frames = check_sampling(num_frames, fps, max_frames)  # before a download or a decode
+    with local_source(source) as source:  # a URL: downloaded once, for the probe and the read
+        index = probe_video(source)
+        wanted = sampler.sample_frames(None, num_frames, fps, None, timestamps=index.timestamps)
+        indices = sampler.sample_frames(None, num_frames, fps, max_frames, timestamps=index.timestamps)
+        frames, timestamps, _ = read_frames(source, indices, index=index, progress=progress)
     return SampledVideo(frames, indices.tolist(), [float(t) for t in timestamps], index.total_frames,
                         float(index.duration), len(wanted))
 
@@ -131,7 +136,9 @@ def ask(model, processor, video, question: str, num_frames: int | None = None, m
     """Answer ``question`` about ``video``, stage by stage.
 
     Args:
-        video: a video file (path, bytes, binary file), a `SampledVideo`, or frames the processor takes.
+        video: a video file (path, http(s) or file:// URL, bytes, binary file), a `SampledVideo`, or frames the
+            processor takes.
+        question: the question; an empty or blank one raises a ValueError.
         num_frames / fps / max_frames: how frames are sampled (None: the processor's settings).
         on_event: called as ``on_event(kind, value)`` while the answer is made: ``("decoding", (done, total))``
             as frames decode, ``("sampled", SampledVideo)`` once a file is decoded, ``("tokens", (before,
@@ -139,6 +146,8 @@ def ask(model, processor, video, question: str, num_frames: int | None = None, m
     """
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"ask: the question is empty ({question!r}); give a question about the video.")
     tell = on_event or (lambda kind, value: None)
     seconds = {}
     conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
@@ -151,7 +160,8 @@ def ask(model, processor, video, question: str, num_frames: int | None = None, m
         inputs = processor(text=prompt, videos=[sampled.frames], do_sample_frames=False, return_tensors="pt")
         indices, timestamps = sampled.indices, sampled.timestamps
     else:
-        sampling = {k: v for k, v in (("num_frames", num_frames), ("fps", fps), ("max_frames", max_frames)) if v}
+        sampling = {k: v for k, v in (("num_frames", num_frames), ("fps", fps), ("max_frames", max_frames))
+                    if v is not None}  # num_frames=0 is refused by the processor, not dropped
         inputs = processor(text=prompt, videos=[video], return_metadata=True, return_tensors="pt", **sampling)
         metadata = inputs["video_metadata"][0]
         indices, timestamps = list(metadata.frames_indices), list(metadata.timestamps or [])
@@ -238,8 +248,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="storm-hf demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint folder or Hub id (default: the bundled model)")
-    parser.add_argument("--video", help="a video file (any container / codec PyAV reads) or a still image")
-    parser.add_argument("--question", help="the question (needed with --video)")
+    parser.add_argument("--video", help="a video file (any container / codec PyAV reads) or a still image, as a "
+                        "path or an http(s):// or file:// URL (downloaded first)")
+    parser.add_argument("--question", help="the question (needed with --video; with --task it replaces the "
+                        "clip's own)")
     parser.add_argument("--task", help="generate one held-out benchmark clip of this question type")
     parser.add_argument("--seed", type=int, default=0, help="which generated clip (with --task, or without arguments)")
     parser.add_argument("--clips", type=int, default=7, help="held-out clips to run without arguments (default 7)")
@@ -247,32 +259,57 @@ def main(argv=None):
     parser.add_argument("--sampling-stride", type=int, help="test-time temporal sampling s (model and processor)")
     parser.add_argument("--max-new-tokens", type=int, help="answer length at most (default 8; 64 with --web)")
     web = parser.add_argument_group("web page (storm_hf.web_demo)")
-    web.add_argument("--web", action="store_true", help="serve the Gradio page instead (needs storm_hf[demo])")
+    web.add_argument("--web", action="store_true", help="serve the Gradio page instead (needs Gradio: pip install "
+                     "-e \".[demo]\" in the repository root, or pip install \"gradio>=6,<7\")")
     web.add_argument("--port", type=int, help="the page's port (default: Gradio's, 7860, or GRADIO_SERVER_PORT)")
     web.add_argument("--host", help="the address to serve on (default 127.0.0.1; 0.0.0.0 for every interface)")
     web.add_argument("--max-frames", type=int, help="the page's frame budget: frames sampled at most per video "
                      "(default 64)")
+    web.add_argument("--max-upload-mb", type=float, help="the largest upload the page takes, in MB (default 500), "
+                     "so that one upload cannot fill the server's disk")
     args = parser.parse_args(argv)
+    if args.question is not None and not args.question.strip():
+        parser.error("--question is empty: give a question about the video")
     if args.web:
         if args.video or args.task:
             parser.error("--web serves a page where videos are uploaded: give --video or --task without --web")
+        if args.question:
+            parser.error("--web serves a page where questions are typed: give --question with --video, not --web")
         try:
-            from .web_demo import DEFAULT_FRAME_BUDGET, _gradio, launch
+            from .web_demo import DEFAULT_FRAME_BUDGET, DEFAULT_MAX_UPLOAD_MB, _gradio, launch, upload_limit_bytes
 
             _gradio()
         except ImportError as error:
             parser.error(str(error))
+        max_upload_mb = DEFAULT_MAX_UPLOAD_MB if args.max_upload_mb is None else args.max_upload_mb
+        try:
+            upload_limit_bytes(max_upload_mb)
+        except ValueError as error:
+            parser.error(f"--max-upload-mb: {error}")
         return launch(args.model, port=args.port, host=args.host,
                       budget=DEFAULT_FRAME_BUDGET if args.max_frames is None else args.max_frames,
-                      max_new_tokens=64 if args.max_new_tokens is None else args.max_new_tokens)
+                      max_new_tokens=64 if args.max_new_tokens is None else args.max_new_tokens,
+                      max_upload_mb=max_upload_mb)
+    if args.max_upload_mb is not None:
+        parser.error("--max-upload-mb caps the web page's uploads: give it with --web")
     if args.max_new_tokens is None:
         args.max_new_tokens = 8
     if args.video and args.task:
         parser.error("give --video or --task, not both")
     if args.video and not args.question:
         parser.error("--video needs --question")
-    if args.video and not os.path.exists(args.video):
-        parser.error(f"--video {args.video}: no such file")
+    if args.question and not args.video and not args.task:
+        parser.error("--question needs --video (the video to ask about), or --task for a generated clip")
+    if args.video:
+        from .video_io import VideoReadError, _file_url_path, _url_scheme, check_url
+
+        try:
+            check_url(args.video)  # a URL of a scheme we do not read is refused before the model loads
+        except VideoReadError as error:
+            parser.error(f"--video {error}")
+        scheme = _url_scheme(args.video)
+        if scheme in (None, "file") and not os.path.exists(_file_url_path(args.video) if scheme else args.video):
+            parser.error(f"--video {args.video}: no such file")
     torch.manual_seed(0)
     from transformers.utils import logging as hf_logging
 
@@ -289,9 +326,12 @@ def main(argv=None):
     print(f"model: {name}")
 
     if args.video or args.task:
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as downloads:
             if args.video:
-                video, question, expected = args.video, args.question, None
+                from .video_io import local_source
+
+                video = downloads.enter_context(local_source(args.video))  # a URL: one download for both runs
+                question, expected = args.question, None
             else:
                 from .temporal_qa import TASKS, clip_rng, make_clip, write_video
 

@@ -460,24 +460,36 @@ def main(argv=None) -> dict:
 
     parser = argparse.ArgumentParser(prog="storm-hf eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", help="a JSON / JSONL file of records")
+    parser.add_argument("data", help="a JSON / JSONL file of records (the two forms above)")
     parser.add_argument("--model", help="checkpoint folder or Hub id (default: the bundled model)")
     parser.add_argument("--video-root", help="folder the records' video paths are relative to (default: DATA's)")
-    parser.add_argument("--num-frames", type=int)
-    parser.add_argument("--fps", type=float)
-    parser.add_argument("--max-frames", type=int)
-    parser.add_argument("--temporal-pool", type=int, dest="temporal_pool_k", help="k")
-    parser.add_argument("--spatial-pool", type=int, dest="spatial_pool_p", help="p")
-    parser.add_argument("--sampling-stride", type=int, dest="temporal_sample_s", help="s")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--scoring", choices=SCORINGS, default="letter")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--output", help="results JSON (default: storm-eval/DATA_NAME.json)")
+    sampling = parser.add_argument_group("frame sampling (default: the checkpoint processor's settings)")
+    sampling.add_argument("--num-frames", type=int, help="frames sampled evenly over each video")
+    sampling.add_argument("--fps", type=float, help="frames sampled per second of video instead of --num-frames")
+    sampling.add_argument("--max-frames", type=int, help="at most this many frames per video (caps --fps on long "
+                          "videos)")
+    reduction = parser.add_argument_group("token reduction (default: the checkpoint's; set on the model and the "
+                                          "processor together)")
+    reduction.add_argument("--temporal-pool", type=int, dest="temporal_pool_k", metavar="K",
+                           help="k: average every K consecutive frames' tokens")
+    reduction.add_argument("--spatial-pool", type=int, dest="spatial_pool_p", metavar="P",
+                           help="p: average P x P tokens within each frame")
+    reduction.add_argument("--sampling-stride", type=int, dest="temporal_sample_s", metavar="S",
+                           help="s: test-time temporal sampling, keep one pooled frame in S")
+    parser.add_argument("--batch-size", type=int, default=8, help="records per model call (default 8)")
+    parser.add_argument("--scoring", choices=SCORINGS, default="letter",
+                        help="how records with options are scored: the generated letter (default), the option "
+                        "with the highest log-likelihood, or both")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length at most when generating "
+                        "(default 16)")
+    parser.add_argument("--output", help="results JSON (default: storm-eval/DATA_NAME.json); predictions are "
+                        "also appended to OUTPUT.partial.jsonl as they are made, for resuming")
     parser.add_argument("--restart", action="store_true", help="discard the partial results of an earlier run")
     parser.add_argument("--prefetch", type=int, help="batches decoded ahead in a background thread (0: none; "
                         "default: 2 on a GPU, 0 on a CPU, where decoding competes with the model for the cores)")
     parser.add_argument("--limit", type=int, help="only the first N records")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs (default: cuda when available, else cpu)")
     args = parser.parse_args(argv)
     result = run_evaluation(
         args.data, model_name_or_path=args.model, video_root=args.video_root, num_frames=args.num_frames,

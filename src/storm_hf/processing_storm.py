@@ -10,6 +10,7 @@ from transformers.processing_utils import ProcessorMixin, TextKwargs
 from transformers.utils import logging
 
 from .configuration_storm import num_video_tokens
+from .video_io import check_sampling
 from .video_processing_storm import StormVideoProcessor, _is_frame_list
 
 logger = logging.get_logger(__name__)
@@ -122,6 +123,14 @@ class StormProcessor(ProcessorMixin):
                 break
         return frames
 
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        """transformers' `apply_chat_template`, refusing a user turn whose text is blank: a turn with a
+        ``{"type": "text"}`` item (or string content) that holds no words would ask the model an empty question.
+        A user turn of only a video / image (no text item) is kept as it is. A video item's ``video``, ``url`` or
+        ``path`` may be a local path or an http(s) / file:// URL (see `StormVideoProcessor`)."""
+        _check_user_turns(conversation)
+        return super().apply_chat_template(conversation, *args, **kwargs)
+
     def __call__(self, text=None, videos=None, images=None, return_tensors=None, padding=True,
                  max_visual_tokens=None, **kwargs) -> BatchFeature:
         """
@@ -138,6 +147,12 @@ class StormProcessor(ProcessorMixin):
         if text is None:
             raise ValueError("StormProcessor: `text` is required.")
         texts = [text] if isinstance(text, str) else list(text)
+        for position, t in enumerate(texts):
+            # A prompt of only a placeholder ("<video>") is a prompt; an empty one is a question that got lost.
+            if not isinstance(t, str) or not t.strip():
+                which = "text" if isinstance(text, str) else f"text[{position}]"
+                raise ValueError(f"StormProcessor: {which} is {'empty' if isinstance(t, str) else type(t).__name__}; "
+                                 "give the prompt (e.g. the question, with a video placeholder per video).")
         video_keys = set(self.video_processor._settings) | {"video_metadata"}
         unknown = set(kwargs) - video_keys - _TOKENIZER_KEYS - {"return_dict", "audio"}
         if unknown:  # a typo (nframes=8) must not silently give the default
@@ -149,6 +164,10 @@ class StormProcessor(ProcessorMixin):
         if kwargs.pop("audio", None) is not None:
             raise ValueError("StormProcessor: STORM takes no audio.")
         video_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in video_keys}
+        try:  # before the frame budget adjusts them: num_frames=2.5 must not become 2 silently
+            check_sampling(video_kwargs.get("num_frames"), video_kwargs.get("fps"), video_kwargs.get("max_frames"))
+        except ValueError as error:
+            raise ValueError(f"StormProcessor: {error}") from None
         if max_visual_tokens is not None:
             self._apply_budget(max_visual_tokens, video_kwargs)
         data = {}
@@ -212,6 +231,33 @@ class StormProcessor(ProcessorMixin):
     @property
     def model_input_names(self):
         return ["input_ids", "attention_mask", "pixel_values", "pixel_values_videos", "video_num_frames"]
+
+
+def _check_user_turns(conversation):
+    """ValueError naming the turn when a user turn's text is blank (see `StormProcessor.apply_chat_template`);
+    a conversation in another form is left to transformers."""
+    if isinstance(conversation, dict):
+        conversation = conversation.get("messages", [])
+    if not isinstance(conversation, (list, tuple)):
+        return
+    batched = bool(conversation) and all(isinstance(c, (list, tuple)) or isinstance(c, dict) and "messages" in c
+                                         for c in conversation)
+    for number, messages in enumerate(conversation if batched else [conversation]):
+        messages = messages.get("messages", []) if isinstance(messages, dict) else messages
+        for turn, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") != "user":
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                texts = [content]
+            elif isinstance(content, (list, tuple)):
+                texts = [item.get("text") for item in content if isinstance(item, dict) and item.get("type") == "text"]
+            else:
+                continue
+            if texts and not any(isinstance(t, str) and t.strip() for t in texts):
+                where = f"conversation {number}, message {turn}" if batched else f"message {turn}"
+                raise ValueError(f"StormProcessor.apply_chat_template: the user's text in {where} is empty; "
+                                 "give the question (or leave out the text item for a video-only turn).")
 
 
 def _flatten_images(images) -> list:

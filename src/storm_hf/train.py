@@ -1,30 +1,47 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
 """`storm-hf train CONFIG`: fine-tune STORM with transformers' Trainer, on one CPU or under `accelerate launch`.
 
-CONFIG is a JSON or YAML file::
+CONFIG is a JSON or YAML file (the keys marked * are required; any other top-level key is refused)::
 
-    model: path/or/hub-id            # a STORM checkpoint (with its processor files)
+    model: path/or/hub-id            # * a STORM checkpoint (with its processor files) to start from
     processor: path/or/hub-id        # optional, defaults to `model`
-    train_file: data/train.jsonl     # see storm_hf.training for the format
-    video_root: data                 # video paths in the records are relative to this
-    num_frames: 32
-    stage: lora                      # alignment | sft | lora
+    train_file: data/train.jsonl     # * JSON / JSONL records: {"video": ..., "messages": [...]} (storm_hf.training)
+    video_root: data                 # video paths in the records are relative to this (default: .)
+    num_frames: 32                   # frames sampled per video (default: the processor's)
+    stage: lora                      # alignment (projector + temporal encoder train) | sft (everything) |
+                                     # lora (LoRA on the LLM; projector + temporal encoder train); default lora
     freeze: [vision_tower]           # optional: parts kept fixed on top of the stage (vision_tower, projector,
                                      # temporal_encoder, language_model, lm_head)
-    lora: {rank: 16, alpha: 32, dropout: 0.05}
+    lora: {rank: 16, alpha: 32, dropout: 0.05}   # the LoRA adapters (stage lora)
     merge_lora: false                # also write a merged full checkpoint to OUTPUT_DIR/merged
-    resume: auto                     # auto (last checkpoint in output_dir, if any) | a path | false
+    resume: auto                     # auto (last whole checkpoint in output_dir, if any) | a checkpoint path |
+                                     # false (train from the start); see "Resuming" below
+    extend_schedule: false           # resume although max_steps (or num_train_epochs) changed the LR schedule
+    resume_with_changes: false       # resume although batch size, learning rate, seed, num_frames... changed
     training:                        # transformers.TrainingArguments fields
-      output_dir: runs/storm-lora
+      output_dir: runs/storm-lora    # * where checkpoints, the final weights and the processor go
       max_steps: 1000
       per_device_train_batch_size: 1
       learning_rate: 2.0e-4
-      save_steps: 200
-      gradient_checkpointing: true
+      save_steps: 200                # a checkpoint every N steps, to resume from
+      activation_checkpointing: true # recompute activations in the backward pass (less memory); the old
+                                     # name gradient_checkpointing is still read
       bf16: auto                     # auto: on where the hardware supports bf16
 
-Under `accelerate launch --num_processes N -m storm_hf.train CONFIG` the same command runs data-parallel
-(DDP); DeepSpeed ZeRO and FSDP are accelerate configurations (see the README).
+Resuming: a run resumes from the last *whole* checkpoint (a `checkpoint-N` folder whose trainer_state.json,
+weights, optimizer, scheduler and RNG files are all there and not cut off; a folder half-written by a killed
+process is skipped, named and left as it is), and ends with the same weights as a run never interrupted.
+Killed at any moment (SIGKILL included, also during a save), the same command continues from there. A run is
+finished once storm_train_finished.json is written after the final weights. Each checkpoint records its plan
+(storm_train_plan.json); a resume whose plan changes the trained result is refused with a one-line error:
+a new max_steps / num_train_epochs whose learning-rate schedule differs over the steps already taken (e.g. the
+default linear decay; a constant schedule extends fine), unless `extend_schedule: true`; changed batch size,
+gradient accumulation, number of processes, learning rate or its schedule, weight decay, optimizer, seed,
+num_frames or stage, unless `resume_with_changes: true`. `resume: false` trains from the start instead.
+
+Under `accelerate launch --multi_gpu --num_processes N -m storm_hf.train CONFIG` the same job runs data-parallel
+(DDP), with per_device_train_batch_size per process; DeepSpeed ZeRO and FSDP are accelerate configurations
+(`accelerate config`; see the README's "Fine-tuning").
 """
 
 from __future__ import annotations
@@ -36,17 +53,104 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+
+
+# The top-level keys a job may have (see the module docstring); anything else is a typo to report.
+CONFIG_KEYS = ("model", "processor", "train_file", "video_root", "num_frames", "stage", "freeze", "lora",
+               "merge_lora", "resume", "extend_schedule", "resume_with_changes", "training")
+# TrainingArguments' deprecated names (transformers 5.x warns; 6 drops them) and the names that replace them.
+_RENAMED_TRAINING_ARGS = {"gradient_checkpointing": "activation_checkpointing",
+                          "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
 
 
 def load_config(path: str) -> dict:
+    """The job in the JSON or YAML file ``path`` (by its suffix: .yaml / .yml, else JSON), checked by
+    `validate_config`. A missing or unreadable file, bad syntax or a bad key raises a ValueError (an OSError for
+    the file) whose message names the file and the reason."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such config file." if not os.path.isdir(path) else
+                                f"{path}: is a folder; give the job's JSON or YAML file.")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        return yaml.safe_load(text)
-    return json.loads(text)
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(f"{path}: not valid YAML{where} ({problem}).") from None
+    else:
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON at line {error.lineno}, column {error.colno} ({error.msg}); "
+                             "a YAML file must end in .yaml or .yml.") from None
+    try:
+        return validate_config(config)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def validate_config(config) -> dict:
+    """``config`` checked before anything loads, as a new dict: the required keys (``model``, ``train_file``,
+    ``training.output_dir``) present, no unknown key at the top level or in ``training`` (a TrainingArguments
+    field), ``stage`` known, and TrainingArguments' deprecated names (``gradient_checkpointing``) renamed to
+    the current ones (``activation_checkpointing``) so that old configs keep working. Raises a ValueError that
+    names the key and says what is wrong."""
+    import dataclasses
+    import difflib
+
+    from transformers import TrainingArguments
+
+    from .training import STAGES
+
+    def unknown(keys, known, where):
+        for key in keys:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), list(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown key {key!r} {where}{hint}")
+
+    if config is None:
+        raise ValueError("the config is empty; it needs at least model, train_file and training.output_dir.")
+    if not isinstance(config, dict):
+        raise ValueError(f"the config must be a mapping of keys (model, train_file, training, ...), not "
+                         f"{type(config).__name__}.")
+    unknown(config, CONFIG_KEYS, f"(the keys are {', '.join(CONFIG_KEYS)})")
+    for key in ("model", "train_file"):
+        if not isinstance(config.get(key), str) or not config[key].strip():
+            what = "a STORM checkpoint folder or Hub id" if key == "model" else "the JSON / JSONL training records"
+            raise ValueError(f"the config needs {key!r}: {what}." if key not in config else
+                             f"{key!r} must be {what}, got {config[key]!r}.")
+    training = config.get("training")
+    if not isinstance(training, dict) or not training.get("output_dir"):
+        raise ValueError("the config needs training.output_dir: the folder for checkpoints and the final weights "
+                         "(training: {output_dir: runs/my-job, ...}).")
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    unknown(training, fields, "in training (not a transformers.TrainingArguments field)")
+    training = dict(training)
+    for old, new in _RENAMED_TRAINING_ARGS.items():
+        if old in training and new in fields:
+            if new in training:
+                raise ValueError(f"training has both {old!r} and {new!r}: keep {new!r} ({old!r} is its deprecated "
+                                 "name).")
+            training[new] = training.pop(old)
+    stage = config.get("stage", "lora")
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}.")
+    num_frames = config.get("num_frames")
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
+        raise ValueError(f"num_frames must be a whole number of frames, at least 1; got {num_frames!r}.")
+    for key in ("lora", "freeze"):
+        kind = dict if key == "lora" else list
+        if config.get(key) is not None and not isinstance(config[key], kind):
+            raise ValueError(f"{key!r} must be a {'mapping (rank, alpha, dropout)' if key == 'lora' else 'list of parts'}"
+                             f", got {config[key]!r}.")
+    return {**config, "training": training}
 
 
 def bf16_supported() -> bool:
@@ -90,11 +194,56 @@ def no_weight_decay_parameter_names(model) -> set[str]:
 
 class StormTrainer(Trainer):
     """transformers' Trainer whose weight decay skips, besides norms and biases (Trainer's own rule), the
-    SSM's `A_log` and `D`, as mamba_ssm trains them. `storm-hf train` uses it; so can your own scripts."""
+    SSM's `A_log` and `D`, as mamba_ssm trains them. `storm-hf train` uses it; so can your own scripts.
+
+    Its checkpoints can be told whole from half-written ones (see `storm_hf.training_checkpoints`): saving
+    over an existing `checkpoint-N` folder first removes its trainer_state.json (Trainer writes it last),
+    each checkpoint gets a plan record (`storm_train_plan.json`: `train_plan` plus the TrainingArguments
+    that shape the weights), and its files are fsynced once the save is done. `schedule_check`, when set, is
+    called with the number of steps Trainer plans before it builds the learning-rate scheduler
+    (`storm-hf train` compares that plan with the checkpoint's there).
+    """
+
+    train_plan: dict | None = None
+    schedule_check = None
 
     def get_decay_parameter_names(self, model) -> list[str]:
         skip = no_weight_decay_parameter_names(model)
         return [name for name in super().get_decay_parameter_names(model) if name not in skip]
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None and self.schedule_check is not None:
+            self.schedule_check(num_training_steps)
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        from .training_checkpoints import invalidate_checkpoint, sync_folder
+
+        folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder):
+            invalidate_checkpoint(folder)
+        super()._save_checkpoint(model, trial)
+        if self.args.world_size > 1:
+            self.accelerator.wait_for_everyone()  # every process's RNG state is written
+        if self.args.should_save and os.path.isdir(folder):
+            sync_folder(folder)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if not _internal_call or not output_dir or not re.fullmatch(r"checkpoint-\d+", os.path.basename(output_dir)):
+            return
+        # Inside a checkpoint save (Trainer writes the weights first): the other processes write their RNG
+        # states into the folder only once the main one has written the weights, and the plan goes in now,
+        # before the optimizer, the scheduler and trainer_state.json.
+        if self.args.world_size > 1:
+            self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            from .training_checkpoints import PLAN_NAME, training_plan, write_json_atomically
+
+            plan = training_plan(self.args, **(self.train_plan or {}))
+            write_json_atomically(os.path.join(output_dir, PLAN_NAME), plan)
 
 
 def _require_training_packages():
@@ -107,25 +256,29 @@ def _require_training_packages():
 
 
 def _checkpoint_state(checkpoint: str) -> dict:
-    path = os.path.join(checkpoint, "trainer_state.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    from .training_checkpoints import STATE_NAME, read_json
+
+    state = read_json(os.path.join(checkpoint, STATE_NAME))
+    return state if isinstance(state, dict) else {}
 
 
 def _final_weights_present(output_dir: str) -> bool:
-    names = set(os.listdir(output_dir)) if os.path.isdir(output_dir) else set()
-    return bool(names & {"model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors"})
+    """Whether output_dir holds the final weights of a finished run: its finished record
+    (storm_train_finished.json, written after the weights) is there and the weight files it lists are too,
+    whole. Weights without it are a final save that was cut short."""
+    from .training_checkpoints import finished_record
+
+    return finished_record(output_dir) is not None
 
 
 def _outputs(output_dir: str, stage: str, merged: bool) -> dict:
     outputs = {}
     if os.path.isdir(output_dir):
         names = sorted(os.listdir(output_dir))
-        if stage == "lora" and "adapter_model.safetensors" in names:
+        finished = _final_weights_present(output_dir)
+        if stage == "lora" and finished and "adapter_model.safetensors" in names:
             outputs["adapter"] = output_dir
-        elif _final_weights_present(output_dir):
+        elif finished:
             outputs["model"] = output_dir
         if "processor_config.json" in names:
             outputs["processor"] = output_dir
@@ -147,22 +300,74 @@ def _describe_outputs(outputs: dict) -> str:
     return "; ".join(parts) or "nothing yet"
 
 
+class _StartsTraining(TrainerCallback):
+    """Once Trainer starts training into output_dir (the plan checks passed), the final weights there are no
+    longer this job's finished result: their finished record goes until the final save writes a new one."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from .training_checkpoints import clear_finished
+
+        if state.is_world_process_zero:
+            clear_finished(self.output_dir)
+
+
+def _schedule_check(checkpoint: str, state: dict, args, extend: bool, say):
+    """The check StormTrainer runs with the number of steps this run plans, before it builds the scheduler:
+    a resume is refused (unless `extend`) when the checkpoint's steps used learning rates that a straight run
+    of the new plan would not use (see training_checkpoints.changed_rate_step)."""
+    from .training_checkpoints import changed_rate_step, describe_plan, read_plan
+
+    step, old_total = int(state.get("global_step", 0)), int(state.get("max_steps", 0))
+    old_plan = describe_plan(read_plan(checkpoint), old_total)
+
+    def check(new_total: int):
+        new_plan = describe_plan({"max_steps": args.max_steps, "num_train_epochs": args.num_train_epochs}, new_total)
+        if step > new_total:
+            raise ValueError(f"{checkpoint} is at step {step}, past the {new_total} steps this run plans ({new_plan}; "
+                             f"the checkpoint's run planned {old_plan}). Set `resume: false` to train from the start "
+                             "with the new plan, or use a new output_dir.")
+        changed = changed_rate_step(args, old_total, new_total, step)
+        if changed is None:
+            return
+        schedule = f"lr_scheduler_type {getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}"
+        if args.warmup_steps:
+            schedule += f", warmup_steps {args.warmup_steps:g}"
+        if not extend:
+            raise ValueError(
+                f"{checkpoint} comes from a run planned for {old_plan} and this run plans {new_plan}: with "
+                f"{schedule} the two plans give different learning rates from step {changed} on, and the "
+                f"checkpoint's {step} steps followed the old plan, so resuming would end with weights that differ "
+                f"from a straight run of {new_total} steps. Set `resume: false` to train from the start with the "
+                "new plan, or `extend_schedule: true` to resume anyway with the changed schedule.")
+        say(f"extend_schedule: true: the LR schedule changed: the {step} steps of {checkpoint} (and step {step + 1}, "
+            f"at the rate its optimizer holds) follow its plan ({old_plan}), the later steps this run's ({new_plan}); "
+            f"the result will differ from a straight run of {new_total} steps.")
+
+    return check
+
+
 def train(config: dict, callbacks=None):
     """Run one training job described by `config` (see the module docstring).
 
     Returns a `TrainingRun`: the Trainer, what this call trained, the losses it logged and where the outputs
     are. With ``resume: auto`` (the default) a job whose output_dir holds an unfinished run resumes from its
-    last checkpoint; one whose output_dir already holds a finished run (its last checkpoint at max_steps and
-    the final weights saved) loads nothing, trains nothing and says so.
+    last whole checkpoint (half-written ones are skipped and named); one whose output_dir already holds a
+    finished run (its last checkpoint at max_steps and the final weights saved, storm_train_finished.json
+    written after them) loads nothing, trains nothing and says so. A resume that would not end with the
+    weights of a straight run (another LR schedule over the steps taken, other settings) raises a ValueError
+    unless the config opts in (``extend_schedule``, ``resume_with_changes``); see the module docstring.
     """
     _require_training_packages()
     from transformers import TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from .modeling_storm import StormForConditionalGeneration
     from .processing_storm import StormProcessor
     from .training import (StormDataCollator, apply_training_stage, freeze_parts, load_video_dataset,
                            trainable_parameters)
+    from .training_checkpoints import save_final_outputs
 
     training = dict(config.get("training", {}))
     if "output_dir" not in training:
@@ -178,16 +383,37 @@ def train(config: dict, callbacks=None):
     say = print if main_process else (lambda *a, **k: None)
     run = TrainingRun(output_dir=os.path.abspath(args.output_dir))
 
+    from .training_checkpoints import (changed_settings, checkpoint_problem, finished_record,
+                                       last_complete_checkpoint, read_plan, training_plan)
+
+    plan = training_plan(args, stage=stage, num_frames=config.get("num_frames"))
     resume = config.get("resume", "auto")
-    if resume == "auto":
-        resume = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+    if resume == "auto":  # the last whole checkpoint: half-written ones (a killed save) are skipped and named
+        resume = last_complete_checkpoint(args.output_dir, say, model_only=args.save_only_model)
+    elif resume:
+        problem = checkpoint_problem(resume, model_only=args.save_only_model)
+        if problem:
+            raise ValueError(f"resume: {resume} is not a checkpoint to resume from ({problem}).")
     if resume:
         state = _checkpoint_state(resume)
         step, planned = int(state.get("global_step", 0)), int(state.get("max_steps", 0))
         target = args.max_steps if args.max_steps > 0 else planned
         run.start_step = run.end_step = step
-        if target and step >= target and _final_weights_present(args.output_dir) and (not merge or os.path.isdir(
-                os.path.join(args.output_dir, "merged"))):
+        changes = changed_settings(read_plan(resume), state, plan, args.train_batch_size)
+        if changes and not config.get("resume_with_changes"):
+            raise ValueError(
+                f"{resume} was trained with other settings than this run ({', '.join(changes)}): resuming from it "
+                "would not give the weights of a straight run with the new settings (and Trainer restores the "
+                "checkpoint's optimizer and scheduler, so a new learning_rate or weight_decay would not even "
+                "apply). Put the settings back, set `resume: false` to train from the start with the new ones "
+                "(or use a new output_dir), or set `resume_with_changes: true` to resume anyway.")
+        if changes:
+            say(f"resume_with_changes: true: resuming from {resume} although its settings differ "
+                f"({', '.join(changes)}); the result will differ from a straight run with either.")
+        finished = finished_record(args.output_dir)
+        if (finished and finished.get("global_step") == step == target
+                and (args.max_steps > 0 or finished.get("num_train_epochs") == args.num_train_epochs)
+                and (not merge or finished.get("merged"))):
             run.finished_before = True
             run.outputs = _outputs(args.output_dir, stage, merge)
             say(f"{args.output_dir} already holds a finished run at step {step} (max_steps {target}); nothing to "
@@ -219,7 +445,10 @@ def train(config: dict, callbacks=None):
     collator = StormDataCollator(processor, video_root=config.get("video_root", "."),
                                  num_frames=config.get("num_frames"))
     trainer = run.trainer = StormTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                                         callbacks=callbacks)
+                                         callbacks=[*(callbacks or []), _StartsTraining(args.output_dir)])
+    trainer.train_plan = {"stage": stage, "num_frames": config.get("num_frames")}
+    if resume:
+        trainer.schedule_check = _schedule_check(resume, state, args, bool(config.get("extend_schedule")), say)
     trainer.train(resume_from_checkpoint=resume or None)
     run.end_step = trainer.state.global_step
     run.losses = [(log["step"], log["loss"]) for log in trainer.state.log_history
@@ -229,13 +458,11 @@ def train(config: dict, callbacks=None):
         say(f"stopped at step {run.end_step} of {args.max_steps}; resume with the same command. "
             f"Outputs: {_describe_outputs(run.outputs)}.")
         return run  # stopped early (e.g. by a callback): leave the checkpoints for a resume
-    trainer.save_model(args.output_dir)
-    if main_process:
-        processor.save_pretrained(args.output_dir)
-        if merge:
-            merged = trainer.model.merge_and_unload()
-            merged.save_pretrained(os.path.join(args.output_dir, "merged"))
-            processor.save_pretrained(os.path.join(args.output_dir, "merged"))
+    # The final weights go in beside the checkpoints by rename and storm_train_finished.json last: a kill
+    # before that leaves a run that resumes from its last checkpoint and saves again.
+    save_final_outputs(trainer, args.output_dir, processor, merge, main_process,
+                       {"global_step": trainer.state.global_step, "max_steps": args.max_steps,
+                        "num_train_epochs": args.num_train_epochs})
     run.outputs = _outputs(args.output_dir, stage, merge)
     if run.losses:
         loss_text = f"loss {run.losses[0][1]:.4f} (step {run.losses[0][0]}) -> {run.losses[-1][1]:.4f} (step {run.losses[-1][0]})"

@@ -43,6 +43,9 @@ Policies (documented choices):
   APNG files are videos.
 * A frame whose size differs from the first frame's (a resolution change mid-stream) is scaled to the first
   frame's size, so that every call returns one array.
+* A source may be a URL string: http:// and https:// videos are downloaded whole, once per call, into a
+  temporary file that is removed when the call ends (`local_source`, `download_video`); file:// URLs are local
+  paths. Other schemes (ftp, s3, rtsp, data: ...) are refused by name.
 * Long decodes show a progress bar on an interactive terminal (`progress=None`), after one second; pass
   `progress=False`, or call `transformers.utils.logging.disable_progress_bar()`, to turn it off. A callable
   `progress(done, total)` is told instead (a web page's progress, say).
@@ -52,9 +55,12 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import warnings
+import weakref
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -155,8 +161,175 @@ def _check_source(source, name):
             raise VideoReadError(f"{name}: the video bytes are empty.")
         return io.BytesIO(bytes(source))
     if not hasattr(source, "read"):
-        raise VideoReadError(f"{name}: expected a path, bytes or a binary file-like object.")
+        raise VideoReadError(f"{name}: expected a path, a URL, bytes or a binary file-like object.")
     return source
+
+
+# ----------------------------------------------------------------------------------------------------
+# URLs
+# ----------------------------------------------------------------------------------------------------
+
+# http(s) videos are downloaded whole into a temporary file before anything is read, rather than streamed by
+# FFmpeg: the index demuxes the whole stream anyway (every byte crosses the network once either way), and a
+# local copy is then read like any file: still images (Pillow cannot open a URL), exact seeks, and the
+# parallel decoding workers, which each open their own container (streaming would fetch every worker's range
+# and every seek over the network again). Live streams (rtsp, rtmp, ...) never end, so they cannot be indexed.
+URL_SCHEMES = ("http", "https", "file")
+URL_TIMEOUT = 30.0  # seconds without an answer (connecting, or between two reads) before a download gives up
+MAX_DOWNLOAD_BYTES = 8 << 30  # 8 GiB: a larger (or endless) download stops instead of filling the disk
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(//)?")  # a scheme of 2+ letters: C:\clip.mp4 is a path
+
+
+def _url_scheme(source) -> str | None:
+    """The scheme (lower case) of a video given as a URL string, or None for anything else."""
+    match = _URL.match(source) if isinstance(source, str) else None
+    if match is None:
+        return None
+    scheme = match.group(1).lower()
+    if match.group(2) or (scheme == "data" and not os.path.exists(source)):  # "data:" URLs have no "//"
+        return scheme
+    return None
+
+
+def check_url(source) -> None:
+    """Raise `VideoReadError` when ``source`` is a URL that cannot be read (a scheme other than http, https
+    and file, or a file:// URL naming another host); anything else passes."""
+    scheme = _url_scheme(source)
+    if scheme not in URL_SCHEMES:
+        if scheme is None:
+            return  # not a URL
+        hint = " (pass the decoded bytes instead)" if scheme == "data" else ""
+        raise VideoReadError(f"{source}: {scheme}: URLs are not supported{hint}; give a local path, or an "
+                             f"{', '.join(f'{s}://' for s in URL_SCHEMES[:-1])} or {URL_SCHEMES[-1]}:// URL.")
+    if scheme != "file":
+        return
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(source).netloc
+    if host not in ("", "localhost"):
+        raise VideoReadError(f"{source}: a file:// URL must name a file on this machine (file:///path/to/video.mp4), "
+                             f"not on {host}.")
+
+
+def _file_url_path(url: str) -> str:
+    """The local path of a file:// URL, percent-decoded (file:///tmp/my%20clip.mp4 -> /tmp/my clip.mp4)."""
+    import urllib.parse
+    import urllib.request
+
+    return urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
+
+
+def _remove_file(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+class DownloadedVideo(os.PathLike):
+    """A video downloaded from ``url`` into the temporary file ``path``: read as that file, named by its URL
+    (``str()``, so messages name the URL). `close()` (or leaving a ``with`` block, or garbage collection)
+    removes the file."""
+
+    def __init__(self, url: str, path: str):
+        self.url, self.path = url, path
+        self._remove = weakref.finalize(self, _remove_file, path)
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"DownloadedVideo({self.url!r}, {self.path!r})"
+
+    def close(self):
+        self._remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _network_reason(error, timeout) -> str:
+    """The reason of a failed request, without Python's wrapping ("<urlopen error [Errno 111] ...>")."""
+    reason = getattr(error, "reason", error)
+    if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+        return f"no answer from the server within {timeout:g} s"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror  # "Connection refused", "Name or service not known", ...
+    return str(reason) or type(reason).__name__
+
+
+def download_video(url: str, timeout: float | None = None) -> DownloadedVideo:
+    """Download the http(s) ``url`` whole into a temporary file. Raises `VideoReadError` naming the URL when
+    the server cannot be reached, answers with an error status, sends nothing for ``timeout`` seconds
+    (`URL_TIMEOUT` by default), closes the connection before the end, or sends more than `MAX_DOWNLOAD_BYTES`."""
+    import http.client
+    import tempfile
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    timeout = URL_TIMEOUT if timeout is None else timeout
+    request = urllib.request.Request(url, headers={"User-Agent": "storm_hf"})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)  # the timeout bounds each socket wait
+    except urllib.error.HTTPError as error:
+        raise VideoReadError(f"{url}: the server answered {error.code} {error.reason}.") from None
+    except (OSError, http.client.HTTPException, ValueError) as error:  # URLError is an OSError
+        raise VideoReadError(f"{url}: cannot be downloaded ({_network_reason(error, timeout)}).") from error
+    with response:
+        try:
+            expected = int(response.headers.get("Content-Length"))
+        except (TypeError, ValueError):
+            expected = None  # not given (chunked): the end of the data is the end of the video
+        if expected is not None and expected > MAX_DOWNLOAD_BYTES:
+            raise VideoReadError(f"{url}: the video is {expected} bytes, more than the {MAX_DOWNLOAD_BYTES} bytes "
+                                 "downloaded at most; download it yourself and give its path.")
+        suffix = os.path.splitext(urllib.parse.urlsplit(url).path)[1][:16]
+        file = tempfile.NamedTemporaryFile(prefix="storm-hf-", suffix=suffix, delete=False)
+        video = DownloadedVideo(url, file.name)
+        received = 0
+        try:
+            with file:
+                while chunk := response.read(1 << 20):
+                    received += len(chunk)
+                    if received > MAX_DOWNLOAD_BYTES:
+                        raise VideoReadError(f"{url}: more than the {MAX_DOWNLOAD_BYTES} bytes downloaded at "
+                                             "most; download it yourself and give its path.")
+                    file.write(chunk)
+            # http.client ends a read quietly when the server closes early: the length given is the check.
+            if expected is not None and received < expected:
+                raise VideoReadError(f"{url}: the download stopped after {received} of {expected} bytes (the "
+                                     "server closed the connection).")
+        except (OSError, http.client.HTTPException) as error:  # a timeout, a reset, a broken chunked answer
+            video.close()
+            raise VideoReadError(f"{url}: the download stopped after {received} bytes "
+                                 f"({_network_reason(error, timeout)}).") from error
+        except BaseException:  # our VideoReadError above, KeyboardInterrupt: no partial file left behind
+            video.close()
+            raise
+    return video
+
+
+@contextmanager
+def local_source(source):
+    """``source`` as something that can be read more than once, for the duration of the ``with`` block: an
+    http(s) URL downloaded once into a temporary file (a `DownloadedVideo`, removed when the block ends), a
+    file:// URL as its local path, anything else as it is. Any other URL raises `VideoReadError`."""
+    check_url(source)
+    scheme = _url_scheme(source)
+    if scheme in ("http", "https"):
+        with download_video(source) as video:
+            yield video
+    elif scheme == "file":
+        yield _file_url_path(source)
+    else:
+        yield source
 
 
 def _rewind(source):
@@ -169,6 +342,8 @@ def _open(source, name):
     import av
 
     _rewind(source)
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)  # av.open takes str and pathlib paths, not every os.PathLike (DownloadedVideo)
     try:
         return av.open(source, mode="r")
     except av.error.FFmpegError as error:
@@ -236,15 +411,16 @@ def load_image(source, name=None) -> np.ndarray:
     from PIL import ImageOps
 
     name = name or _describe(source)
-    image = _still_image(_check_source(source, name))
-    if image is None:
-        raise VideoReadError(f"{name}: not a readable still image.")
-    try:
-        with image:
-            upright = ImageOps.exif_transpose(image)
-            array = np.asarray(upright.convert("RGB"))
-    except Exception as error:  # Pillow raises many types on damaged data (OSError, struct.error, zlib.error, ...)
-        raise VideoReadError(f"{name}: the image data is corrupt ({type(error).__name__}: {error}).") from error
+    with local_source(source) as source:
+        image = _still_image(_check_source(source, name))
+        if image is None:
+            raise VideoReadError(f"{name}: not a readable still image.")
+        try:
+            with image:
+                upright = ImageOps.exif_transpose(image)
+                array = np.asarray(upright.convert("RGB"))
+        except Exception as error:  # Pillow raises many types on damaged data (OSError, struct.error, zlib.error, ...)
+            raise VideoReadError(f"{name}: the image data is corrupt ({type(error).__name__}: {error}).") from error
     if array.ndim != 3 or array.shape[0] * array.shape[1] == 0:
         raise VideoReadError(f"{name}: the image is empty.")
     return array
@@ -365,15 +541,40 @@ def _unseekable_index(stream, packets, width, height, name) -> VideoIndex:
 
 def probe_video(source) -> VideoIndex:
     """Demux a video (decoding only its first packets) and return its `VideoIndex`: frame count,
-    timestamps, fps, keyframes. A still image file gives a one-frame index (``is_image=True``)."""
+    timestamps, fps, keyframes. A still image file gives a one-frame index (``is_image=True``). ``source``: a
+    path, an http(s) or file:// URL (an http(s) video is downloaded for this call: to probe and then read one
+    download, use `local_source`), bytes or a binary file-like object."""
     name = _describe(source)
-    source = _check_source(source, name)
-    image = _still_image(source)
-    if image is not None:
-        with image:
-            return _image_index(image, name)
-    with _open(source, name) as container:
-        return _index(container, _video_stream(container, name), name, source)
+    with local_source(source) as source:
+        source = _check_source(source, name)
+        image = _still_image(source)
+        if image is not None:
+            with image:
+                return _image_index(image, name)
+        with _open(source, name) as container:
+            return _index(container, _video_stream(container, name), name, source)
+
+
+def _frame_count(name, value) -> int | None:
+    """``value`` as a frame count: a whole number >= 1 (an int, a numpy integer or a float such as 8.0)."""
+    if value is None:
+        return None
+    whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer())
+    if isinstance(value, (bool, np.bool_)) or not whole or value < 1:
+        raise ValueError(f"{name} must be a whole number of frames, at least 1; got {value!r}.")
+    return int(value)
+
+
+def check_sampling(num_frames=None, fps=None, max_frames=None):
+    """(num_frames, fps, max_frames) checked (ints, and a float fps), before any file is opened: a ValueError
+    names the setting and the value when it is not a whole number >= 1 (num_frames, max_frames; booleans
+    refused), or not a finite number > 0 (fps)."""
+    if fps is not None:
+        if isinstance(fps, (bool, np.bool_)) or not isinstance(fps, (int, float, np.integer, np.floating)) or not (
+                0 < fps < float("inf")):
+            raise ValueError(f"fps must be a number of frames a second above 0; got {fps!r}.")
+        fps = float(fps)
+    return _frame_count("num_frames", num_frames), fps, _frame_count("max_frames", max_frames)
 
 
 def sample_frame_indices(
@@ -392,18 +593,15 @@ def sample_frame_indices(
         Sorted int64 indices without repeats.
     """
     total = len(timestamps)
+    num_frames, fps, max_frames = check_sampling(num_frames, fps, max_frames)
     if num_frames is not None and fps is not None:
         raise ValueError("Pass num_frames or fps, not both.")
     if num_frames is not None:
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be at least 1, got {num_frames}.")
         if num_frames >= total:
             indices = np.arange(total)
         else:
             indices = ((np.arange(num_frames) + 0.5) * total / num_frames).astype(np.int64)
     elif fps is not None:
-        if fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}.")
         instants = np.arange(0.0, float(timestamps[-1]) + 1e-9, 1.0 / fps)
         right = np.clip(np.searchsorted(timestamps, instants), 1, total - 1) if total > 1 else np.zeros(len(instants), int)
         left = right - 1 if total > 1 else right
@@ -412,8 +610,6 @@ def sample_frame_indices(
     else:
         indices = np.arange(total)
     if max_frames is not None:
-        if max_frames < 1:
-            raise ValueError(f"max_frames must be at least 1, got {max_frames}.")
         if len(indices) > max_frames:
             indices = indices[((np.arange(max_frames) + 0.5) * len(indices) / max_frames).astype(np.int64)]
     return np.unique(indices.astype(np.int64))
@@ -628,7 +824,8 @@ def read_frames(source, indices, index: VideoIndex | None = None, progress: bool
     """Decode exactly the frames at ``indices`` (any order, repeats allowed).
 
     Args:
-        source: a path, bytes or a binary file-like object.
+        source: a path, an http(s) or file:// URL (an http(s) video is downloaded into a temporary file for
+            the call, which every decoding worker reads), bytes or a binary file-like object.
         indices: frame indices in presentation order (0 .. total_frames - 1).
         index: the video's `VideoIndex` from `probe_video`, when already known.
         progress: show a progress bar (None: on an interactive terminal, for decodes longer than 1 s); a
@@ -648,46 +845,47 @@ def read_frames(source, indices, index: VideoIndex | None = None, progress: bool
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
         raise ValueError(f"read_frames: workers must be a positive integer or None, got {workers!r}.")
-    source = _check_source(source, name)
-    if index is None:
-        index = probe_video(source)
-    if len(indices) and (indices.min() < 0 or indices.max() >= index.total_frames):
-        raise VideoReadError(
-            f"{name}: frame indices must be in 0..{index.total_frames - 1}, got {indices.min()}..{indices.max()}."
-        )
-    out = np.empty((len(indices), index.height, index.width, 3), dtype=np.uint8)
-    positions: dict[int, list[int]] = {}
-    for position, i in enumerate(indices.tolist()):
-        positions.setdefault(i, []).append(position)
-    if not positions:
-        return out, index.timestamps[indices], index
-    if index.is_image:
-        image = load_image(source, name)
-        if image.shape[:2] != (index.height, index.width):
-            raise VideoReadError(f"{name}: the image changed while it was read.")
-        out[:] = image
-        return out, index.timestamps[indices], index
+    with local_source(source) as source:  # an http(s) URL: one download, read by every worker
+        source = _check_source(source, name)
+        if index is None:
+            index = probe_video(source)
+        if len(indices) and (indices.min() < 0 or indices.max() >= index.total_frames):
+            raise VideoReadError(
+                f"{name}: frame indices must be in 0..{index.total_frames - 1}, got {indices.min()}..{indices.max()}."
+            )
+        out = np.empty((len(indices), index.height, index.width, 3), dtype=np.uint8)
+        positions: dict[int, list[int]] = {}
+        for position, i in enumerate(indices.tolist()):
+            positions.setdefault(i, []).append(position)
+        if not positions:
+            return out, index.timestamps[indices], index
+        if index.is_image:
+            image = load_image(source, name)
+            if image.shape[:2] != (index.height, index.width):
+                raise VideoReadError(f"{name}: the image changed while it was read.")
+            out[:] = image
+            return out, index.timestamps[indices], index
 
-    wanted = sorted(positions)
-    parts = [wanted]
-    if index.seekable and workers != 1 and (isinstance(source, (str, os.PathLike)) or type(source) is io.BytesIO):
-        parts = _split_at_keyframes(index, wanted, workers or _default_workers())
-    bar = _progress_bar(progress, len(wanted), name)
-    try:
-        if len(parts) == 1:
-            decode_errors, replaced = _read_part(source, name, index, wanted, positions, out, bar, "AUTO", None)
-        else:
-            decode_errors, replaced = _read_parts_in_parallel(source, name, index, parts, positions, out, bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    if decode_errors:
-        warnings.warn(f"{name}: skipped {decode_errors} video packet(s) that failed to decode.", stacklevel=2)
-    if replaced:
-        shown = ", ".join(map(str, replaced[:10])) + (", ..." if len(replaced) > 10 else "")
-        warnings.warn(f"{name}: frame(s) {shown} did not decode; each is replaced by the next frame that did.",
-                      stacklevel=2)
-    return out, index.timestamps[indices], index
+        wanted = sorted(positions)
+        parts = [wanted]
+        if index.seekable and workers != 1 and (isinstance(source, (str, os.PathLike)) or type(source) is io.BytesIO):
+            parts = _split_at_keyframes(index, wanted, workers or _default_workers())
+        bar = _progress_bar(progress, len(wanted), name)
+        try:
+            if len(parts) == 1:
+                decode_errors, replaced = _read_part(source, name, index, wanted, positions, out, bar, "AUTO", None)
+            else:
+                decode_errors, replaced = _read_parts_in_parallel(source, name, index, parts, positions, out, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        if decode_errors:
+            warnings.warn(f"{name}: skipped {decode_errors} video packet(s) that failed to decode.", stacklevel=2)
+        if replaced:
+            shown = ", ".join(map(str, replaced[:10])) + (", ..." if len(replaced) > 10 else "")
+            warnings.warn(f"{name}: frame(s) {shown} did not decode; each is replaced by the next frame that did.",
+                          stacklevel=2)
+        return out, index.timestamps[indices], index
 
 
 # Decoding threads at most (read_frames' default takes one per available core, up to this).
@@ -888,4 +1086,5 @@ def _read_by_seeking(decoder, index, wanted, deliver) -> list[int]:
     return replaced
 
 
-__all__ = ["VideoReadError", "VideoIndex", "probe_video", "sample_frame_indices", "read_frames", "load_image"]
+__all__ = ["VideoReadError", "VideoIndex", "probe_video", "sample_frame_indices", "read_frames", "load_image",
+           "check_sampling", "check_url", "download_video", "local_source", "DownloadedVideo"]

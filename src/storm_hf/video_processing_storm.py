@@ -1,7 +1,7 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
 """StormVideoProcessor: video files or frame arrays -> `pixel_values_videos` for STORM, without torchvision.
 
-Files (path, bytes or binary file-like) are read with `video_io` (PyAV, exact frames, no full decode; a
+Files (path, http(s) or file:// URL, bytes or binary file-like) are read with `video_io` (PyAV, exact frames, no full decode; a
 still image file is a one-frame clip); arrays and frame lists are sampled in memory. Frames are resized and normalised in torch. A batch of
 videos of different lengths is padded at the end and comes with `video_num_frames`.
 """
@@ -21,7 +21,7 @@ from transformers.processing_utils import VideosKwargs
 from transformers.video_processing_utils import VideoProcessorMixin
 from transformers.video_utils import VideoMetadata
 
-from .video_io import VideoReadError, read_frames, probe_video, sample_frame_indices
+from .video_io import VideoReadError, check_sampling, local_source, probe_video, read_frames, sample_frame_indices
 
 
 class StormVideosKwargs(VideosKwargs, total=False):
@@ -141,10 +141,11 @@ class StormVideoProcessor(VideoProcessorMixin):
         for position, video in enumerate(videos):
             name = video if isinstance(video, (str, os.PathLike)) else f"video {position}"
             if _is_file_source(video):
-                index = probe_video(video)
-                indices = (self.sample_frames(None, num_frames, fps, max_frames, timestamps=index.timestamps)
-                           if do_sample_frames else np.arange(index.total_frames))
-                frames, stamps, _ = read_frames(video, indices, index=index)
+                with local_source(video) as source:  # a URL is downloaded once, for the probe and the read
+                    index = probe_video(source)
+                    indices = (self.sample_frames(None, num_frames, fps, max_frames, timestamps=index.timestamps)
+                               if do_sample_frames else np.arange(index.total_frames))
+                    frames, stamps, _ = read_frames(source, indices, index=index)
                 frames = torch.from_numpy(frames)
                 meta = StormVideoMetadata(
                     total_num_frames=index.total_frames, fps=index.fps, width=index.width, height=index.height,
@@ -204,7 +205,8 @@ class StormVideoProcessor(VideoProcessorMixin):
     def preprocess(self, videos, **kwargs) -> BatchFeature:
         """
         Args:
-            videos: one video or a list of videos; a video is a path, bytes, a binary file-like object, a
+            videos: one video or a list of videos; a video is a path, an http(s) or file:// URL (downloaded
+                once, into a temporary file removed after reading), bytes, a binary file-like object, a
                 (frames, height, width, channels) numpy array or torch tensor, or a list of PIL images / arrays.
             **kwargs: any of the settings in the class docstring, plus `video_metadata` (for arrays: a dict
                 or VideoMetadata with `fps` per video, used by `fps` sampling and timestamps) and
@@ -218,6 +220,10 @@ class StormVideoProcessor(VideoProcessorMixin):
             opts["num_frames"] = None  # fps sampling asked for per call replaces the default frame count
         if opts["num_frames"] is not None and opts["fps"] is not None:
             raise ValueError("StormVideoProcessor: pass num_frames or fps, not both.")
+        try:  # before any file is read: num_frames=2.5 is a setting's error, not the file's
+            check_sampling(opts["num_frames"], opts["fps"], opts["max_frames"])
+        except ValueError as error:
+            raise ValueError(f"StormVideoProcessor: {error}") from None
         single = _is_file_source(videos) or isinstance(videos, np.ndarray) or torch.is_tensor(videos) or (
             _is_frame_list(videos)
         )

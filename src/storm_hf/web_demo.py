@@ -7,11 +7,15 @@
 Upload a video (or pick a bundled example clip), type a question, choose how frames are sampled (a number of
 frames, or frames a second, within a frame budget) and the token reduction (k, p, s). The answer streams in as
 it is generated; beside it are the visual tokens before and after reduction and the time of each stage, and
-below, the sampled frames with their timestamps. Decoding shows its progress. `app.py` at the repository root
-serves the same page as a Hugging Face Space.
+below, the sampled frames with their timestamps. Decoding shows its progress. Settings out of range (frames
+beyond the frame budget, k / p / s beyond the page's ranges, a fractional frame count) are refused with a ⚠️
+message naming the setting and its range, never clamped. Uploads are capped (`DEFAULT_MAX_UPLOAD_MB`, 500 MB;
+`--max-upload-mb`), so that one upload cannot fill the server's disk. `app.py` at the repository root serves
+the same page as a Hugging Face Space.
 
-Gradio is an optional extra: ``pip install "storm_hf[demo]"``. The page's logic (`answer_updates`) is plain
-Python and does not import Gradio; `build_demo` lays it out.
+Gradio is an optional extra: ``pip install -e ".[demo]"`` in the repository root (or ``pip install
+"gradio>=6,<7"``). The page's logic (`answer_updates`) is plain Python and does not import Gradio; `build_demo`
+lays it out.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ from .demo import SampledVideo, _unknown_words, ask, load
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled", "demo-clips")
 DEFAULT_FRAME_BUDGET = 64  # frames sampled at most per video, unless --max-frames says otherwise
+DEFAULT_MAX_UPLOAD_MB = 500  # an upload's size at most, in MB (2**20 bytes), unless --max-upload-mb says otherwise
+# The page's ranges for the other settings (the frame count's is 1 .. the frame budget; p's is 1 .. the grid).
+MAX_FPS = 30.0
+MAX_TEMPORAL_POOL_K = 8
+MAX_TEMPORAL_SAMPLE_S = 8
 STRIP_FRAME_SIDE = 256  # the frame strip shows frames at most this many pixels on their longer side
 PROGRESS_EVERY = 0.25  # seconds between two progress updates of the page while a video decodes
 logger = logging.getLogger(__name__)
@@ -103,7 +112,26 @@ class RequestError(ValueError):
     """A request the page answers with a message instead of an answer (the message says what to change)."""
 
 
-def _check(request: Request, budget: int) -> None:
+def _shown(value) -> str:
+    """A setting's value as the page shows it: 16 (not 16.0) for whole numbers, "nothing" for an empty box."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _whole(value, low: int, high: int) -> bool:
+    """Whether ``value`` (an int, or a float such as 16.0 from a number box) is a whole number in low..high."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return float(value).is_integer() and low <= value <= high
+
+
+def _check(request: Request, budget: int, grid_size: int | None = None) -> None:
+    """RequestError for a request the page cannot answer; settings out of range are refused, never clamped
+    (the page says which setting, its range and the value given). ``grid_size``: tokens per side of a frame
+    (p's upper bound; unchecked when None)."""
     if not request.video:
         raise RequestError("No video: upload a video file or pick one of the example clips.")
     if not os.path.isfile(request.video):
@@ -112,14 +140,20 @@ def _check(request: Request, budget: int) -> None:
         raise RequestError("The question is empty: type a question about the video.")
     if request.sample_by not in ("frames", "fps"):
         raise RequestError(f"Sample frames by 'frames' or 'fps', not {request.sample_by!r}.")
-    if request.sample_by == "frames" and not 1 <= int(request.num_frames) <= budget:
-        raise RequestError(f"Frames must be between 1 and the frame budget, {budget}; got {request.num_frames}.")
-    if request.sample_by == "fps" and not (request.fps and request.fps > 0):
-        raise RequestError(f"Frames a second must be above 0; got {request.fps}.")
-    for name in ("temporal_pool_k", "spatial_pool_p", "temporal_sample_s"):
+    if request.sample_by == "frames" and not _whole(request.num_frames, 1, budget):
+        raise RequestError(f"Frames must be a whole number between 1 and the frame budget, {budget}; got "
+                           f"{_shown(request.num_frames)}.")
+    if request.sample_by == "fps" and not (isinstance(request.fps, (int, float)) and not isinstance(request.fps, bool)
+                                           and 0 < request.fps <= MAX_FPS):
+        raise RequestError(f"Frames a second must be above 0 and at most {MAX_FPS:g}; got {_shown(request.fps)}.")
+    ranges = (("temporal_pool_k", "k (temporal pooling)", MAX_TEMPORAL_POOL_K),
+              ("spatial_pool_p", "p (spatial pooling)", grid_size),
+              ("temporal_sample_s", "s (temporal sampling)", MAX_TEMPORAL_SAMPLE_S))
+    for name, label, high in ranges:
         value = getattr(request, name)
-        if value is None or int(value) != value or value < 1:
-            raise RequestError(f"{name} must be a positive whole number; got {value}.")
+        if not _whole(value, 1, high or float("inf")):
+            limit = f"between 1 and {high}" if high else "at least 1"
+            raise RequestError(f"{label} must be a whole number {limit}; got {_shown(value)}.")
 
 
 def _strip(sampled: SampledVideo) -> list:
@@ -214,7 +248,7 @@ def answer_updates(model, processor, request: Request, lock: threading.Lock, bud
 
     page = Page(status="Waiting for the model…")
     try:
-        _check(request, budget)
+        _check(request, budget, model.config.grid_size)
     except RequestError as error:
         page.status, page.failed = _readable(error, request), True
         yield replace(page)  # a copy: what was shown stays as it was
@@ -295,8 +329,8 @@ def _gradio():
     try:
         import gradio
     except ImportError as error:
-        raise ImportError("The web demo needs Gradio, an optional extra: pip install \"storm_hf[demo]\" (from a "
-                          "checkout: pip install -e \".[demo]\").") from error
+        raise ImportError("The web demo needs Gradio, an optional extra: pip install -e \".[demo]\" in the "
+                          "repository root (or pip install \"gradio>=6,<7\").") from error
     return gradio
 
 
@@ -312,12 +346,23 @@ def _page_outputs(pages, unchanged):
         yield status, page.answer, frames, page.tokens, page.timings
 
 
+def upload_limit_bytes(max_upload_mb: float) -> int:
+    """Gradio's ``max_file_size`` (bytes) for a cap of ``max_upload_mb`` MB (2**20 bytes); ValueError unless > 0."""
+    if isinstance(max_upload_mb, bool) or not isinstance(max_upload_mb, (int, float)) or not (
+            0 < max_upload_mb < float("inf")):
+        raise ValueError(f"The upload size cap must be a number of MB above 0, got {max_upload_mb!r}.")
+    return max(1, int(max_upload_mb * 2**20))
+
+
 def build_demo(model_name_or_path=None, model=None, processor=None, budget: int = DEFAULT_FRAME_BUDGET,
-               max_new_tokens: int = 64):
+               max_new_tokens: int = 64, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
     """The Gradio page (a `gradio.Blocks`, queued: one request works at a time, the others wait their turn)
     for the model at ``model_name_or_path`` (a checkpoint folder or Hub id; None: the bundled model), or for
-    ``model`` and ``processor`` when given. ``budget``: frames sampled at most per video."""
+    ``model`` and ``processor`` when given. ``budget``: frames sampled at most per video. ``max_upload_mb``:
+    the upload cap the page states; it is enforced by serving with ``page.launch(**page.storm_launch_kwargs)``
+    (as `launch` and app.py do), which passes Gradio's ``max_file_size``."""
     gr = _gradio()
+    limit = upload_limit_bytes(max_upload_mb)
     if model is None or processor is None:
         model, processor = load(model_name_or_path)
     if budget < 1:
@@ -346,22 +391,27 @@ def build_demo(model_name_or_path=None, model=None, processor=None, budget: int 
             with gr.Column(scale=1):
                 # Any file is taken (not only the types a browser calls video/*): the server reads it with PyAV
                 # and says what is wrong with it, and still images and animated GIFs are one-frame / short videos.
-                video = gr.File(label="Video file (any container and codec; drop it here)", type="filepath",
-                                elem_id="video")
+                video = gr.File(label=f"Video file (any container and codec, up to {max_upload_mb:g} MB; drop it "
+                                "here)", type="filepath", elem_id="video")
                 preview = gr.Video(label="Preview", interactive=False, height=240, elem_id="preview")
                 question = gr.Textbox(label="Question", placeholder="which way does the red circle move ?",
                                       elem_id="question")
                 with gr.Accordion("Frames and token reduction", open=True):
                     sample_by = gr.Radio(["frames", "frames a second"], value="frames", label="Sample by",
                                          elem_id="sample-by")
-                    num_frames = gr.Slider(1, budget, value=default_frames, step=1, label="Frames (evenly spaced)",
-                                           elem_id="num-frames")
-                    fps = gr.Slider(0.1, 30, value=1.0, step=0.1, label="Frames a second", elem_id="fps",
-                                    info=f"At most {budget} frames: a longer video is sampled evenly instead.")
-                    k = gr.Slider(1, 8, value=c.temporal_pool_k, step=1, label="k: temporal pooling", elem_id="k")
-                    p = gr.Slider(1, c.grid_size, value=c.spatial_pool_p, step=1, label="p: spatial pooling",
-                                  elem_id="p")
-                    s = gr.Slider(1, 8, value=c.temporal_sample_s, step=1, label="s: temporal sampling", elem_id="s")
+                    # Number boxes, not sliders: Gradio's slider clamps a typed value into its range without a
+                    # word, and the page promises a message (`_check`) for a value out of range instead.
+                    num_frames = gr.Number(default_frames, step=1, label="Frames (evenly spaced)",
+                                           info=f"1 to {budget} (the frame budget)", elem_id="num-frames")
+                    fps = gr.Number(1.0, step=0.1, label="Frames a second", elem_id="fps",
+                                    info=f"Above 0, at most {MAX_FPS:g}; at most {budget} frames: a longer video is "
+                                    "sampled evenly instead.")
+                    k = gr.Number(c.temporal_pool_k, step=1, label="k: temporal pooling", elem_id="k",
+                                  info=f"1 to {MAX_TEMPORAL_POOL_K}: average every k frames' tokens")
+                    p = gr.Number(c.spatial_pool_p, step=1, label="p: spatial pooling", elem_id="p",
+                                  info=f"1 to {c.grid_size}: average p × p tokens within a frame")
+                    s = gr.Number(c.temporal_sample_s, step=1, label="s: temporal sampling", elem_id="s",
+                                  info=f"1 to {MAX_TEMPORAL_SAMPLE_S}: keep one pooled frame in s")
                 ask_button = gr.Button("Ask", variant="primary", elem_id="ask")
             with gr.Column(scale=1):
                 status = gr.Markdown(elem_id="status")
@@ -381,16 +431,22 @@ def build_demo(model_name_or_path=None, model=None, processor=None, budget: int 
         ask_button.click(respond, inputs, outputs, concurrency_limit=1, concurrency_id="model")
         question.submit(respond, inputs, outputs, concurrency_limit=1, concurrency_id="model")
     page.queue(max_size=32, default_concurrency_limit=1)
+    # What serving this page needs: the example clips' folder, and the upload cap (Gradio refuses a larger file
+    # with "File size exceeded maximum allowed size of N bytes", in the browser before it is sent, and on the
+    # server as HTTP 413).
+    page.storm_launch_kwargs = {"allowed_paths": [EXAMPLES_DIR], "max_file_size": limit}
     return page
 
 
 def launch(model_name_or_path=None, port: int | None = None, host: str | None = None,
-           budget: int = DEFAULT_FRAME_BUDGET, max_new_tokens: int = 64, **launch_kwargs):
+           budget: int = DEFAULT_FRAME_BUDGET, max_new_tokens: int = 64,
+           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, **launch_kwargs):
     """Build the page and serve it (blocking) on ``host``:``port`` (None: Gradio's defaults and its
-    GRADIO_SERVER_NAME / GRADIO_SERVER_PORT environment variables)."""
-    page = build_demo(model_name_or_path, budget=budget, max_new_tokens=max_new_tokens)
-    return page.launch(server_name=host, server_port=port, allowed_paths=[EXAMPLES_DIR], **launch_kwargs)
+    GRADIO_SERVER_NAME / GRADIO_SERVER_PORT environment variables), taking uploads of at most
+    ``max_upload_mb`` MB."""
+    page = build_demo(model_name_or_path, budget=budget, max_new_tokens=max_new_tokens, max_upload_mb=max_upload_mb)
+    return page.launch(server_name=host, server_port=port, **{**page.storm_launch_kwargs, **launch_kwargs})
 
 
 __all__ = ["Page", "Request", "answer_updates", "build_demo", "describe_upload", "example_clips", "launch", "write_example_clips",
-           "EXAMPLES_DIR", "DEFAULT_FRAME_BUDGET"]
+           "upload_limit_bytes", "EXAMPLES_DIR", "DEFAULT_FRAME_BUDGET", "DEFAULT_MAX_UPLOAD_MB"]
