@@ -147,23 +147,60 @@ def test_static_cache_generation_equals_the_dynamic_cache():
 
 def test_compiled_forward_and_decoding_equal_eager():
     """fullgraph=True: the whole forward (image encoder, temporal encoder, scan, placeholder check, LLM)
-    is one graph. The dynamo-only backend keeps the test fast; inductor gives the same within 2e-7 here."""
+    is one graph, in which each scan is one `storm_hf::selective_scan_fwd` op (its per-step loop is not traced).
+    The dynamo-only backend keeps the test fast; inductor gives the same within 2e-7 here."""
     from transformers import CompileConfig
 
     assert StormForConditionalGeneration._can_compile_fullgraph
     model = tiny_model()
     inputs = video_inputs(model.config)
+    graphs = []
+
+    def recording(gm, example_inputs):  # dynamo's graph, run as it is (the "eager" backend)
+        graphs.append(gm)
+        return gm.forward
+
     torch._dynamo.reset()
     with torch.no_grad():
         eager = model(**inputs).logits
-        compiled = torch.compile(model, backend="eager", fullgraph=True)(**inputs).logits
+        compiled = torch.compile(model, backend=recording, fullgraph=True)(**inputs).logits
         torch.testing.assert_close(compiled, eager)
+        targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+        scans = 2 * model.config.temporal_num_layers  # bidirectional: one scan per direction and layer
+        assert len(graphs) == 1 and sum("storm_hf.selective_scan_fwd" in t for t in targets) == scans
+        assert not any("addcmul" in t for t in targets)
         compile_config = CompileConfig(backend="eager", fullgraph=True)
         compile_config._compile_all_devices = True  # transformers compiles decoding on GPUs only by default
         decoded = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False,
                                  cache_implementation="static", compile_config=compile_config)
         plain = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert decoded.tolist() == plain.tolist()
+
+
+@pytest.mark.parametrize("with_frame_counts", [True, False], ids=["processor-inputs", "no-video_num_frames"])
+def test_exported_program_with_a_video_equals_eager(with_frame_counts):
+    """torch.export (non-strict) of the whole forward with a video: each scan is one op in the program, the
+    frame counts come from the static shape (a `video_num_frames` tensor, as the processor gives, is checked when
+    the program runs) and the exported program's logits equal eager."""
+    model = tiny_model()
+    inputs = {**video_inputs(model.config), "use_cache": False}
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if with_frame_counts:
+        inputs["video_num_frames"] = torch.tensor([4])
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = model(**inputs).logits
+        program = torch.export.export(model, (), kwargs=inputs, strict=False)
+        targets = [str(n.target) for m in program.graph_module.modules() if isinstance(m, torch.fx.GraphModule)
+                   for n in m.graph.nodes if n.op == "call_function"]  # nested graphs (e.g. autocast regions) too
+        assert sum("storm_hf.selective_scan_fwd" in t for t in targets) == 2 * model.config.temporal_num_layers
+        assert not any("addcmul" in t for t in targets)
+        torch.testing.assert_close(program.module()(**inputs).logits, eager, rtol=0, atol=0)
+        other = {**inputs, "pixel_values_videos": torch.randn_like(inputs["pixel_values_videos"])}
+        torch.testing.assert_close(program.module()(**other).logits, model(**other).logits, rtol=0, atol=0)
+        if with_frame_counts:  # a padded video: the exported program took every video as full length, and says so
+            with pytest.raises(RuntimeError, match="[Aa]ssert"):
+                program.module()(**{**inputs, "video_num_frames": torch.tensor([3])})
 
 
 # -- 7. fp32 SSM parameters ----------------------------------------------------------------------------------

@@ -82,3 +82,19 @@ def test_latency_peak_memory_sees_the_image_encoders_allocations():
         del block
     assert memory.peak_mb > 200
 
+
+def test_compile_benchmark_quick_compiles_and_exports_both_models(tmp_path):
+    out = tmp_path / "compile.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile.py"), "--quick", "--json", str(out)],
+                            capture_output=True, text=True, env=OFFLINE, timeout=300)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    rows = {(r["label"], r["kind"]): r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {(m, k) for m in ("storm", "llava-onevision") for k in ("eager", "compile", "export")}
+    for (model, kind), row in rows.items():
+        assert "error" not in row and "timeout" not in row, (model, kind, row)
+        assert row["first"] > 0 and (kind == "export" or row["steady"] > 0)
+        if kind != "eager":  # the compiled graph and the exported program give eager's logits
+            assert row["max_diff"] < 1e-5, (model, kind, row)
+    assert "| storm |" in result.stdout and "compile first forward, storm / llava-onevision" in result.stdout

@@ -1,5 +1,7 @@
 """The pure-PyTorch scan against the float64 per-step reference, forward and every gradient."""
 
+import math
+
 import pytest
 import torch
 
@@ -220,3 +222,118 @@ def test_scan_backward_under_activation_checkpointing():
     y.sum().backward()  # the backward unpacks the saved tensors once (a second unpack raises CheckpointError)
     expected = torch.autograd.grad(selective_scan_torch(u, delta, A, B, C, delta_softplus=True).sum(), u)[0]
     assert torch.allclose(u.grad, expected, atol=1e-6)
+
+
+# -- the scan as torch.library custom ops: one opaque op per scan for torch.compile / torch.export -----------------
+
+
+def op_args(optional=True, save_states=True, seed=0):
+    """Time-major fp32 arguments of `storm_hf::selective_scan_fwd` (length 37, batch 2, d_inner 16, d_state 4)."""
+    x = make_inputs(2, 37, 16, 4, torch.float32, seed=seed)
+    t = lambda name: x[name].detach().transpose(0, 1).contiguous().requires_grad_()  # noqa: E731
+    leaf = lambda name: x[name].detach().clone().requires_grad_() if optional else None  # noqa: E731
+    A_t = x["A"].detach().t().contiguous().requires_grad_()
+    h0 = x["initial_state"].detach().transpose(1, 2).contiguous().requires_grad_()
+    z = t("z") if optional else None
+    return (t("u"), t("delta"), A_t, t("B"), t("C"), leaf("D"), z, leaf("delta_bias"), h0, True, save_states)
+
+
+@pytest.mark.parametrize("optional", [True, False], ids=["D-z-bias", "no-D-z-bias"])
+@pytest.mark.parametrize("save_states", [True, False])
+def test_scan_ops_pass_torch_library_opcheck(optional, save_states, block_elements):
+    """torch.library.opcheck: the schema (Optional D / z / delta_bias, no aliasing of inputs), the fake
+    implementation against the real one, the autograd registration and AOT dispatch with dynamic shapes. A
+    forward that did not save the block states (traced without gradients, run with them) still differentiates."""
+    fwd, bwd = scan_module.selective_scan_fwd, scan_module.selective_scan_bwd
+    args = op_args(optional, save_states)
+    torch.library.opcheck(fwd, args)
+    out, h_last, block_starts = fwd(*args)
+    steps = scan_module._steps_per_block(37, 2, 4, 16)
+    assert block_starts.shape == ((-(-37 // steps) if save_states else 0), 2, 4, 16)
+    saved = fwd(*args[:-1], True)[2]
+    grads = (torch.randn_like(out), None)
+    plain = tuple(None if a is None else a.detach() for a in args[:8])  # u .. delta_bias
+    torch.library.opcheck(bwd, (*grads, *plain, saved, True, steps))
+
+
+def test_compiled_scan_is_one_op_and_equals_eager_forward_and_backward():
+    """fullgraph: the scan (with an initial state and its last state) is one op in dynamo's graph, not 300 unrolled
+    steps; the forward and, through AOT autograd, every gradient (the hand-written backward as one op) equal eager."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs, backward_ops = [], []
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def fw_compiler(gm, example_inputs):
+        return make_boxed_func(gm.forward)
+
+    def bw_compiler(gm, example_inputs):
+        backward_ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return make_boxed_func(gm.forward)
+
+    def run(**kw):
+        return selective_scan_torch(**kw, delta_softplus=True, return_last_state=True)
+
+    torch._dynamo.reset()
+    x = make_inputs(2, 300, 16, 4, torch.float32)
+    with torch.no_grad():
+        y, last = torch.compile(run, backend=recording, fullgraph=True)(**x)
+        y_eager, last_eager = run(**x)
+    targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert sum("storm_hf.selective_scan_fwd" in t for t in targets) == 1, targets
+    assert len(targets) < 40 and not any("addcmul" in t for t in targets)  # no per-step ops
+    torch.testing.assert_close(y, y_eager, rtol=0, atol=0)
+    torch.testing.assert_close(last, last_eager, rtol=0, atol=0)
+
+    aot = aot_autograd(fw_compiler=fw_compiler, bw_compiler=bw_compiler)  # forward and backward graphs
+    compiled = torch.compile(run, backend=aot, fullgraph=True)
+    eager_inputs = make_inputs(2, 300, 16, 4, torch.float32)
+    ref = make_inputs(2, 300, 16, 4, torch.float64)
+    def float64_reference(**kw):
+        return selective_scan_sequential(**kw, delta_softplus=True, return_last_state=True)
+
+    for inputs, fn in ((x, compiled), (eager_inputs, run), (ref, float64_reference)):
+        y, last = fn(**inputs)
+        (y.double().sin().sum() + last.double().square().sum()).backward()
+    assert sum("storm_hf.selective_scan_bwd" in t for t in backward_ops) == 1, backward_ops
+    for name in x:
+        torch.testing.assert_close(x[name].grad, eager_inputs[name].grad, rtol=1e-6, atol=1e-6, msg=name)
+        assert rel_err(x[name].grad, ref[name].grad) < 1e-4, name
+
+
+def test_compiled_scan_keeps_fp32_under_autocast():
+    """Autocast is off inside the op body, so a compiled graph run under bf16 autocast still scans in fp32."""
+    x = make_inputs(1, 80, 16, 4, torch.float32)
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    with torch.no_grad():
+        reference = selective_scan_torch(*args)
+        torch._dynamo.reset()
+        compiled = torch.compile(selective_scan_torch, backend="eager", fullgraph=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = compiled(*args)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, reference, rtol=0, atol=0)
+
+
+def test_scan_keeps_block_states_only_for_a_backward(monkeypatch):
+    """Without gradients the forward stores nothing (no block states); with them autograd keeps the inputs and
+    the state entering each block, nothing of length x d_inner x d_state."""
+    seen = []
+    real = scan_module._scan_forward
+    monkeypatch.setattr(scan_module, "_scan_forward", lambda *args: seen.append(args[-1]) or real(*args))
+    monkeypatch.setattr(scan_module, "_BLOCK_ELEMENTS", 2**11)  # several blocks
+    x = make_inputs(2, 300, 16, 4, torch.float32)
+    with torch.no_grad():
+        selective_scan_torch(**x, delta_softplus=True)
+    assert seen == [None]
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        selective_scan_torch(**x, delta_softplus=True).sum().backward()
+    steps = scan_module._steps_per_block(300, 2, 4, 16)
+    blocks = -(-300 // steps)
+    assert seen[1].shape == (blocks, 2, 4, 16) and (blocks, 2, 4, 16) in shapes
+    assert max(math.prod(s) for s in shapes) <= max(300 * 2 * 16, blocks * 2 * 4 * 16) < 300 * 2 * 16 * 4

@@ -141,7 +141,7 @@ def test_batched_generation_with_the_processors_defaults_equals_one_by_one(bundl
     assert all(answer.strip() for answer in batched)  # right padding gave ['', '', ''] here
 
     right = processor(text=texts, videos=videos, num_frames=16, return_tensors="pt", padding_side="right")
-    with pytest.raises(ValueError, match=r"end in padding .* padded on the right.*padding_side='left'"):
+    with pytest.warns(UserWarning, match=r"end in padding .* padded on the right.*padding_side='left'"):
         model.generate(**right, max_new_tokens=4)
 
 
@@ -200,3 +200,15 @@ def test_feature_getters_follow_the_configs_output_flags(where):
             assert len(out.hidden_states) == layers + 1 and len(out.attentions) == layers
         off = model.get_video_features(torch.randn(1, 4, 3, 32, 32), output_hidden_states=False, output_attentions=False)
         assert off.hidden_states is None and off.attentions is None  # the call's own setting wins
+
+
+def test_a_storm_assistant_drafts_from_the_text_and_greedy_output_is_unchanged():
+    """transformers gives an assistant model no pixels: a STORM assistant drafts from the text (as other VLM
+    assistants do) instead of refusing its placeholders; the main model verifies every token with the video."""
+    model, assistant = tiny_model(), StormForConditionalGeneration(tiny_config()).eval()
+    inputs = video_inputs(model.config)
+    greedy = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assisted = model.generate(**inputs, max_new_tokens=6, do_sample=False, assistant_model=assistant)
+    assert assisted.tolist() == greedy.tolist()
+    with pytest.raises(ValueError, match="but no pixel_values_videos"):  # only for that call
+        assistant(input_ids=inputs["input_ids"])

@@ -18,6 +18,7 @@ they can be tested and benchmarked alone; the selective scan lives in `selective
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -624,6 +625,9 @@ class StormModel(StormPreTrainedModel):
         self.projector = StormProjector(config)
         self.temporal_encoder = StormTemporalEncoder(config)
         self.language_model = AutoModel.from_config(config.text_config)
+        # True only while this model drafts for another STORM in assisted decoding (see
+        # `StormForConditionalGeneration.generate`): placeholders without pixels then run as text.
+        self._placeholders_as_text = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -767,7 +771,7 @@ class StormModel(StormPreTrainedModel):
             )
         num_videos, max_frames = pixel_values_videos.shape[:2]
         counts = _frame_counts(video_num_frames, num_videos, max_frames)
-        if video_num_frames is None:
+        if all(n == max_frames for n in counts):  # no padding: the frames as they are, no copy
             frames = pixel_values_videos.flatten(0, 1)  # (num_videos * max_frames, 3, H, W)
         else:
             frames = torch.cat([pixel_values_videos[i, :n] for i, n in enumerate(counts)])  # (sum T_i, 3, H, W)
@@ -867,7 +871,7 @@ class StormModel(StormPreTrainedModel):
         cached = 0 if cache is None else cache.get_seq_length()  # an int, or a tensor for a static cache
         for kind, token_id in (("image", self.config.image_token_id), ("video", self.config.video_token_id)):
             if encoded.get(kind) is None:
-                if input_ids is not None:
+                if input_ids is not None and not self._placeholders_as_text:
                     self._check_no_placeholders(input_ids, token_id, kind, cached)
                 continue
             features = torch.cat(list(encoded[kind].pooler_output), dim=0)  # (total tokens, dim)
@@ -887,8 +891,23 @@ class StormModel(StormPreTrainedModel):
 
 
 def _frame_counts(video_num_frames, num_videos: int, max_frames: int) -> list[int]:
-    """Validated per-video frame counts (a list of ints)."""
+    """Validated per-video frame counts (a list of ints).
+
+    Under `torch.export` a tensor of counts holds no values to read (they are data, the frame counts decide
+    shapes): the exported program takes the common case, every video ``max_frames`` long (the static shape of
+    ``pixel_values_videos``, as the processor gives a batch of equal-length videos), and checks it when it runs
+    (a runtime assertion fails on a padded batch). `torch.compile` reads the values (a graph break) instead."""
     if video_num_frames is None:
+        return [max_frames] * num_videos
+    if torch.is_tensor(video_num_frames) and torch.compiler.is_exporting():
+        if tuple(video_num_frames.shape) != (num_videos,):
+            raise ValueError(f"video_num_frames must have shape ({num_videos},) (one count per video), got "
+                             f"{tuple(video_num_frames.shape)}.")
+        torch_compilable_check(
+            (video_num_frames == max_frames).all(),
+            f"An exported STORM takes videos of {max_frames} frames only (the shape it was exported with); "
+            "video_num_frames holds another count.",
+        )
         return [max_frames] * num_videos
     counts = [int(n) for n in (video_num_frames.tolist() if torch.is_tensor(video_num_frames) else video_num_frames)]
     if len(counts) != num_videos or any(n < 1 or n > max_frames for n in counts):
@@ -935,20 +954,36 @@ class StormForConditionalGeneration(StormFromPartsMixin, StormPreTrainedModel, G
         return self
 
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`, refusing a right-padded batch: new tokens are appended after the last
-        position, so a row that ends in padding would be continued after its padding and answer wrongly
-        (transformers only warns). The processor pads on the left by default."""
+        """`GenerationMixin.generate`, with two STORM-specific guards.
+
+        * A right-padded batch gets a `UserWarning` naming its rows: new tokens are appended after the last
+          position, so a row that ends in padding is continued after its padding and answers wrongly. The
+          processor pads on the left by default. (A warning, as in transformers, not an error: generation tests
+          and tools pass masks with trailing zeros on purpose.)
+        * A STORM ``assistant_model`` (assisted decoding) drafts from the prompt's text: transformers hands the
+          assistant no pixels, so for this call it runs its placeholders as text instead of refusing them, as
+          other VLM assistants do; this model verifies every drafted token with the video.
+        """
         mask = kwargs.get("attention_mask")
         if torch.is_tensor(mask) and mask.dim() == 2 and mask.shape[1] > 0 and not torch.compiler.is_compiling():
             ends_padded = (mask[:, -1] == 0).nonzero().flatten().tolist()
             if ends_padded:
-                raise ValueError(
+                warnings.warn(
                     f"generate: row(s) {ends_padded} of the batch end in padding (attention_mask[:, -1] == 0): the "
-                    "prompts are padded on the right, and generation would continue after the padding. Pad on the "
-                    "left: processor(..., padding_side='left') (the processor's default), or "
-                    "processor.tokenizer.padding_side = 'left'."
+                    "prompts are padded on the right, and generation continues after the padding, which gives wrong "
+                    "answers. Pad on the left: processor(..., padding_side='left') (the processor's default), or "
+                    "processor.tokenizer.padding_side = 'left'.",
+                    UserWarning, stacklevel=2,
                 )
-        return super().generate(*args, **kwargs)
+        assistant = kwargs.get("assistant_model")
+        drafting = getattr(getattr(assistant, "model", None), "_placeholders_as_text", None)
+        if drafting is None:
+            return super().generate(*args, **kwargs)
+        assistant.model._placeholders_as_text = True
+        try:
+            return super().generate(*args, **kwargs)
+        finally:
+            assistant.model._placeholders_as_text = drafting
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

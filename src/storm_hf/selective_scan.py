@@ -30,18 +30,21 @@ length 4096; see benchmarks/RESULTS.md):
   recomputes a block's states from it, runs the adjoint recurrence backwards in time in the same
   one-``addcmul``-per-step form and reduces the gradients with matmuls. Memory stays
   O(length * d_inner), never O(length * d_inner * d_state).
+* The forward and the backward are `torch.library` custom ops (``storm_hf::selective_scan_fwd`` /
+  ``storm_hf::selective_scan_bwd``, with fake implementations and the backward registered as the forward's
+  autograd formula): torch.compile and torch.export see one op per scan instead of tracing the per-step loop
+  (which dynamo unrolled: minutes of compile for a model with a few hundred steps), and the op bodies run as in
+  eager, under the `CPU_SCAN_THREADS` setting and with autocast off.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 
 # Elements of one (steps, batch, d_state, d_inner) block buffer: 2**20 fp32 values = 4 MiB (32 steps at
@@ -97,8 +100,9 @@ def _scan_threads(device: torch.device, work: int):
     """Run the block with `_scan_thread_count` intra-op threads on a CPU; the process's setting is restored
     when the last scan running (on any thread) leaves."""
     global _threads_users, _threads_before
-    # Under torch.compile the scan is traced into a graph: thread settings are the caller's business there.
-    threads = _scan_thread_count(work) if device.type == "cpu" and not torch.compiler.is_compiling() else None
+    # Entered only inside the scan's custom ops (`selective_scan_fwd` / `_bwd`), whose bodies run eagerly even in
+    # a compiled or exported graph (the compiler sees the op, never its body): the setting holds around each call.
+    threads = _scan_thread_count(work) if device.type == "cpu" else None
     if threads is None:
         yield
         return
@@ -118,7 +122,12 @@ def _scan_threads(device: torch.device, work: int):
 
 
 def _steps_per_block(length: int, batch: int, d_state: int, d_inner: int) -> int:
-    return max(1, min(length, _BLOCK_ELEMENTS // max(1, batch * d_state * d_inner)))
+    # sym_min / sym_max: plain ints in the op bodies; no shape guards in the fake implementations under tracing.
+    return torch.sym_max(1, torch.sym_min(length, _BLOCK_ELEMENTS // torch.sym_max(1, batch * d_state * d_inner)))
+
+
+def _num_blocks(length: int, steps: int) -> int:
+    return (length + steps - 1) // steps
 
 
 def _fill_decay_and_input(delta, delta_u, B, A_t, decay, states):
@@ -153,7 +162,7 @@ def _time_step(delta_raw, delta_bias, softplus):
 
 def _scan_forward(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, block_starts=None):
     """Blocked forward of the whole scan, prologue (bias, softplus) and epilogue (D skip, silu(z) gate)
-    fused into each cache-sized block. Time-major fp32 tensors (see `_SelectiveScanFn`).
+    fused into each cache-sized block. Time-major fp32 tensors (see `selective_scan_fwd`).
 
     Returns out: (length, batch, d_inner) and h_last: (batch, d_state, d_inner). When `block_starts`
     (num_blocks, batch, d_state, d_inner) is given, the state entering each block is stored there.
@@ -186,121 +195,213 @@ def _scan_forward(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, block_sta
     return out, h_start
 
 
-class _SelectiveScanFn(torch.autograd.Function):
-    """The whole scan with a hand-written backward.
-
-    Time-major fp32 inputs: u, delta, z: (length, batch, d_inner); B, C: (length, batch, d_state);
-    A_t: (d_state, d_inner); D, delta_bias: (d_inner,) or None; h0: (batch, d_state, d_inner).
-    Outputs: out (length, batch, d_inner), h_last (batch, d_state, d_inner).
+def _scan_backward(grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts, softplus, steps):
+    """The hand-written backward of `_scan_forward` (time-major fp32 tensors, as `selective_scan_fwd`): recomputes
+    each block's states from ``block_starts`` (the state entering each block of ``steps`` steps) and runs the
+    adjoint recurrence backwards in time. ``grad_out`` / ``grad_h_last`` may be None (that output unused).
+    Returns the gradients of u, delta, A_t, B, C, D, z, delta_bias and h0 (None for an absent D, z, delta_bias).
     """
+    length, batch, d_inner = u.shape
+    d_state = A_t.shape[0]
+    grad_out = torch.zeros_like(u) if grad_out is None else grad_out.contiguous()
 
-    @staticmethod
-    def forward(ctx, u, delta, A_t, B, C, D, z, delta_bias, h0, softplus):
-        length, batch, d_inner = u.shape
-        steps = _steps_per_block(length, batch, A_t.shape[0], d_inner)
-        block_starts = u.new_empty(math.ceil(length / steps), batch, A_t.shape[0], d_inner)
-        out, h_last = _scan_forward(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, block_starts)
-        ctx.save_for_backward(u, delta, A_t, B, C, D, z, delta_bias, block_starts)
-        ctx.softplus = softplus
-        ctx.steps = steps
-        return out, h_last
+    grad_u = torch.empty_like(u)
+    grad_delta = torch.empty_like(delta)
+    grad_B = torch.empty_like(B)
+    grad_C = torch.empty_like(C)
+    grad_z = torch.empty_like(z) if z is not None else None
+    # Block-sized buffers, allocated once (fresh MiB-sized tensors per block cost page faults).
+    decay_buf = u.new_empty(steps, batch, d_state, d_inner)
+    states_buf = u.new_empty(steps, batch, d_state, d_inner)
+    adjoint_buf = u.new_empty(steps, batch, d_state, d_inner)
+    grad_A_acc = u.new_zeros(steps, batch, d_state, d_inner)  # summed over (steps, batch) at the end
+    grad_D_acc = u.new_zeros(steps, batch, d_inner) if D is not None else None
+    grad_bias_acc = u.new_zeros(steps, batch, d_inner) if delta_bias is not None else None
+    carry = u.new_zeros(batch, d_state, d_inner)  # dL/dh at the end of the current block
+    if grad_h_last is not None:
+        carry.copy_(grad_h_last)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out, grad_h_last):
-        saved = ctx.saved_tensors  # read once: activation checkpointing allows one unpack per backward
-        u, A_t = saved[0], saved[2]  # (length, batch, d_inner), (d_state, d_inner)
-        with _scan_threads(u.device, u.numel() * A_t.shape[0]):
-            return _SelectiveScanFn._backward(ctx, saved, grad_out, grad_h_last)
+    for block, (t0, t1) in reversed(list(enumerate(_block_bounds(length, steps)))):
+        n = t1 - t0
+        decay, states, adjoint = decay_buf[:n], states_buf[:n], adjoint_buf[:n]
+        h_start = block_starts[block]
+        u_blk, g_out = u[t0:t1], grad_out[t0:t1]  # (n, batch, d_inner)
 
-    @staticmethod
-    def _backward(ctx, saved, grad_out, grad_h_last):
-        u, delta, A_t, B, C, D, z, delta_bias, block_starts = saved
-        softplus, steps = ctx.softplus, ctx.steps
-        length, batch, d_inner = u.shape
-        d_state = A_t.shape[0]
-        grad_out = torch.zeros_like(u) if grad_out is None else grad_out.contiguous()
+        # 1. Recompute this block's time steps, decays and states from its boundary state.
+        pre, dt = _time_step(delta[t0:t1], delta_bias, softplus)
+        dt_u = dt * u_blk
+        _fill_decay_and_input(dt, dt_u, B[t0:t1], A_t, decay, states)
+        _run_recurrence(decay, states, h_start)
 
-        grad_u = torch.empty_like(u)
-        grad_delta = torch.empty_like(delta)
-        grad_B = torch.empty_like(B)
-        grad_C = torch.empty_like(C)
-        grad_z = torch.empty_like(z) if z is not None else None
-        # Block-sized buffers, allocated once (fresh MiB-sized tensors per block cost page faults).
-        decay_buf = u.new_empty(steps, batch, d_state, d_inner)
-        states_buf = u.new_empty(steps, batch, d_state, d_inner)
-        adjoint_buf = u.new_empty(steps, batch, d_state, d_inner)
-        grad_A_acc = u.new_zeros(steps, batch, d_state, d_inner)  # summed over (steps, batch) at the end
-        grad_D_acc = u.new_zeros(steps, batch, d_inner) if D is not None else None
-        grad_bias_acc = u.new_zeros(steps, batch, d_inner) if delta_bias is not None else None
-        carry = u.new_zeros(batch, d_state, d_inner)  # dL/dh at the end of the current block
-        if grad_h_last is not None:
-            carry.copy_(grad_h_last)
-
-        for block, (t0, t1) in reversed(list(enumerate(_block_bounds(length, steps)))):
-            n = t1 - t0
-            decay, states, adjoint = decay_buf[:n], states_buf[:n], adjoint_buf[:n]
-            h_start = block_starts[block]
-            u_blk, g_out = u[t0:t1], grad_out[t0:t1]  # (n, batch, d_inner)
-
-            # 1. Recompute this block's time steps, decays and states from its boundary state.
-            pre, dt = _time_step(delta[t0:t1], delta_bias, softplus)
-            dt_u = dt * u_blk
-            _fill_decay_and_input(dt, dt_u, B[t0:t1], A_t, decay, states)
-            _run_recurrence(decay, states, h_start)
-
-            # 2. Epilogue: out = (C.h + D u) * silu(z). dy = dL/d(C.h + D u).
-            if z is not None:
-                y_pre = torch.matmul(C[t0:t1].unsqueeze(2), states).squeeze(2)  # (n, batch, d_inner)
-                if D is not None:
-                    y_pre.addcmul_(u_blk, D)
-                grad_z[t0:t1] = torch.ops.aten.silu_backward(g_out * y_pre, z[t0:t1])
-                dy = g_out * F.silu(z[t0:t1])
-            else:
-                dy = g_out
+        # 2. Epilogue: out = (C.h + D u) * silu(z). dy = dL/d(C.h + D u).
+        if z is not None:
+            y_pre = torch.matmul(C[t0:t1].unsqueeze(2), states).squeeze(2)  # (n, batch, d_inner)
             if D is not None:
-                grad_D_acc[:n].addcmul_(dy, u_blk)
+                y_pre.addcmul_(u_blk, D)
+            grad_z[t0:t1] = torch.ops.aten.silu_backward(g_out * y_pre, z[t0:t1])
+            dy = g_out * F.silu(z[t0:t1])
+        else:
+            dy = g_out
+        if D is not None:
+            grad_D_acc[:n].addcmul_(dy, u_blk)
 
-            # 3. dL/dC_t = h_t . dy_t: (n, batch, d_state, d_inner) @ (n, batch, d_inner, 1)
-            torch.matmul(states, dy.unsqueeze(3), out=grad_C[t0:t1].unsqueeze(3))
+        # 3. dL/dC_t = h_t . dy_t: (n, batch, d_state, d_inner) @ (n, batch, d_inner, 1)
+        torch.matmul(states, dy.unsqueeze(3), out=grad_C[t0:t1].unsqueeze(3))
 
-            # 4. Adjoint recurrence G_t = C_t (x) dy_t + decay_{t+1} * G_{t+1}, backwards in time.
-            torch.mul(C[t0:t1].unsqueeze(3), dy.unsqueeze(2), out=adjoint)  # (n, batch, d_state, d_inner)
-            adjoint_rows, decay_rows = adjoint.unbind(0), decay.unbind(0)
-            adjoint_rows[n - 1].add_(carry)
-            for i in range(n - 2, -1, -1):
-                adjoint_rows[i].addcmul_(decay_rows[i + 1], adjoint_rows[i + 1])
+        # 4. Adjoint recurrence G_t = C_t (x) dy_t + decay_{t+1} * G_{t+1}, backwards in time.
+        torch.mul(C[t0:t1].unsqueeze(3), dy.unsqueeze(2), out=adjoint)  # (n, batch, d_state, d_inner)
+        adjoint_rows, decay_rows = adjoint.unbind(0), decay.unbind(0)
+        adjoint_rows[n - 1].add_(carry)
+        for i in range(n - 2, -1, -1):
+            adjoint_rows[i].addcmul_(decay_rows[i + 1], adjoint_rows[i + 1])
 
-            # 5. Input term b_t = dt_t u_t B_t: dL/d(dt u)_t = B_t . G_t and dL/dB_t = G_t . (dt u)_t.
-            grad_dt_u = torch.matmul(B[t0:t1].unsqueeze(2), adjoint).squeeze(2)  # (n, batch, d_inner)
-            torch.matmul(adjoint, dt_u.unsqueeze(3), out=grad_B[t0:t1].unsqueeze(3))
+        # 5. Input term b_t = dt_t u_t B_t: dL/d(dt u)_t = B_t . G_t and dL/dB_t = G_t . (dt u)_t.
+        grad_dt_u = torch.matmul(B[t0:t1].unsqueeze(2), adjoint).squeeze(2)  # (n, batch, d_inner)
+        torch.matmul(adjoint, dt_u.unsqueeze(3), out=grad_B[t0:t1].unsqueeze(3))
 
-            # 6. Decay term: W_t = dL/d(dt_t A) = G_t * decay_t * h_{t-1}, built in the decay buffer.
-            decay.mul_(adjoint)  # decay_t * G_t; row 0 is the carry into the previous block
-            carry.copy_(decay[0])
-            decay[1:].mul_(states[:-1])
-            decay[0].mul_(h_start)
-            grad_A_acc[:n].addcmul_(decay, dt.unsqueeze(2))  # dL/dA = sum_t W_t dt_t
-            torch.mul(decay, A_t, out=states)  # states is scratch now
-            grad_dt = states.sum(dim=2)  # dL/d dt_t = sum_n W_t A + ...
-            grad_dt.addcmul_(grad_dt_u, u_blk)  # ... + dL/d(dt u) u
+        # 6. Decay term: W_t = dL/d(dt_t A) = G_t * decay_t * h_{t-1}, built in the decay buffer.
+        decay.mul_(adjoint)  # decay_t * G_t; row 0 is the carry into the previous block
+        carry.copy_(decay[0])
+        decay[1:].mul_(states[:-1])
+        decay[0].mul_(h_start)
+        grad_A_acc[:n].addcmul_(decay, dt.unsqueeze(2))  # dL/dA = sum_t W_t dt_t
+        torch.mul(decay, A_t, out=states)  # states is scratch now
+        grad_dt = states.sum(dim=2)  # dL/d dt_t = sum_n W_t A + ...
+        grad_dt.addcmul_(grad_dt_u, u_blk)  # ... + dL/d(dt u) u
 
-            # 7. Back through the prologue and into u.
-            grad_u_blk = grad_u[t0:t1]
-            torch.mul(grad_dt_u, dt, out=grad_u_blk)
-            if D is not None:
-                grad_u_blk.addcmul_(dy, D)
-            if softplus:  # F.softplus's backward (beta 1, threshold 20), into grad_delta directly
-                grad_delta[t0:t1] = torch.ops.aten.softplus_backward(grad_dt, pre, 1, 20)
-            else:
-                grad_delta[t0:t1] = grad_dt
-            if delta_bias is not None:
-                grad_bias_acc[:n].add_(grad_delta[t0:t1])
+        # 7. Back through the prologue and into u.
+        grad_u_blk = grad_u[t0:t1]
+        torch.mul(grad_dt_u, dt, out=grad_u_blk)
+        if D is not None:
+            grad_u_blk.addcmul_(dy, D)
+        if softplus:  # F.softplus's backward (beta 1, threshold 20), into grad_delta directly
+            grad_delta[t0:t1] = torch.ops.aten.softplus_backward(grad_dt, pre, 1, 20)
+        else:
+            grad_delta[t0:t1] = grad_dt
+        if delta_bias is not None:
+            grad_bias_acc[:n].add_(grad_delta[t0:t1])
 
-        grad_A_t = grad_A_acc.sum(dim=(0, 1))
-        grad_D = grad_D_acc.sum(dim=(0, 1)) if D is not None else None
-        grad_bias = grad_bias_acc.sum(dim=(0, 1)) if delta_bias is not None else None
-        return grad_u, grad_delta, grad_A_t, grad_B, grad_C, grad_D, grad_z, grad_bias, carry, None
+    grad_A_t = grad_A_acc.sum(dim=(0, 1))
+    grad_D = grad_D_acc.sum(dim=(0, 1)) if D is not None else None
+    grad_bias = grad_bias_acc.sum(dim=(0, 1)) if delta_bias is not None else None
+    return grad_u, grad_delta, grad_A_t, grad_B, grad_C, grad_D, grad_z, grad_bias, carry
+
+
+# ----------------------------------------------------------------------------------------------------
+# The scan as two torch.library custom ops, so that torch.compile and torch.export see one opaque call per
+# scan instead of tracing (and unrolling) its per-step Python loop. Their bodies are the functions above and
+# run eagerly wherever the graph runs; the fake implementations give the compiler the output shapes, and the
+# autograd registration calls the backward op with what the forward kept.
+#
+# Schema (time-major fp32, contiguous; see `selective_scan_torch` for the layouts):
+#   storm_hf::selective_scan_fwd(u, delta, A_t, B, C, D?, z?, delta_bias?, h0, softplus, save_states)
+#       -> (out (length, batch, d_inner), h_last (batch, d_state, d_inner),
+#           block_starts (num_blocks or 0 when not save_states, batch, d_state, d_inner))
+#   storm_hf::selective_scan_bwd(grad_out?, grad_h_last?, u, delta, A_t, B, C, D?, z?, delta_bias?, block_starts,
+#                                softplus, steps)
+#       -> grads of (u, delta, A_t, B, C, D, z, delta_bias, h0); an absent D / z / delta_bias gets a (0,) tensor.
+# Every output is a new tensor (a custom op may not return its inputs or views of them). Inside both bodies
+# autocast is off (the recurrence is fp32 by design, even where a compiled graph runs under autocast) and the
+# CPU_SCAN_THREADS setting holds (`_scan_threads`).
+# ----------------------------------------------------------------------------------------------------
+
+_FWD_SCHEMA = (
+    "(Tensor u, Tensor delta, Tensor A_t, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor h0, "
+    "bool softplus, bool save_states) -> (Tensor, Tensor, Tensor)"
+)
+_BWD_SCHEMA = (
+    "(Tensor? grad_out, Tensor? grad_h_last, Tensor u, Tensor delta, Tensor A_t, Tensor B, Tensor C, Tensor? D, "
+    "Tensor? z, Tensor? delta_bias, Tensor block_starts, bool softplus, SymInt steps) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+def _contiguous(*tensors):
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
+
+@contextmanager
+def _op_body(u: torch.Tensor, d_state: int):
+    """What holds inside a scan op: fp32 (no autocast) and `CPU_SCAN_THREADS` intra-op threads."""
+    with torch.autocast(device_type=u.device.type, enabled=False), _scan_threads(u.device, u.numel() * d_state):
+        yield
+
+
+@torch.library.custom_op("storm_hf::selective_scan_fwd", mutates_args=(), schema=_FWD_SCHEMA)
+def selective_scan_fwd(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, save_states):
+    """The blocked forward scan as one op (see the schema above). ``save_states``: also return the state entering
+    each block, what the backward recomputes from (only when a gradient will be taken; else a (0, ...) tensor)."""
+    u, delta, A_t, B, C, D, z, delta_bias, h0 = _contiguous(u, delta, A_t, B, C, D, z, delta_bias, h0)
+    length, batch, d_inner = u.shape
+    d_state = A_t.shape[0]
+    blocks = _num_blocks(length, _steps_per_block(length, batch, d_state, d_inner)) if save_states else 0
+    block_starts = u.new_empty(blocks, batch, d_state, d_inner)
+    with _op_body(u, d_state):
+        out, h_last = _scan_forward(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus,
+                                    block_starts if save_states else None)
+    return out, h_last, block_starts
+
+
+@selective_scan_fwd.register_fake
+def _selective_scan_fwd_fake(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, save_states):
+    length, batch, d_inner = u.shape
+    d_state = A_t.shape[0]
+    blocks = _num_blocks(length, _steps_per_block(length, batch, d_state, d_inner)) if save_states else 0
+    return (u.new_empty(length, batch, d_inner), u.new_empty(batch, d_state, d_inner),
+            u.new_empty(blocks, batch, d_state, d_inner))
+
+
+@torch.library.custom_op("storm_hf::selective_scan_bwd", mutates_args=(), schema=_BWD_SCHEMA)
+def selective_scan_bwd(grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts, softplus, steps):
+    """`_scan_backward` as one op (see the schema above)."""
+    grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts = _contiguous(
+        grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts)
+    with _op_body(u, A_t.shape[0]):
+        grads = _scan_backward(grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts,
+                               softplus, steps)
+    return tuple(u.new_empty(0) if g is None else g for g in grads)
+
+
+@selective_scan_bwd.register_fake
+def _selective_scan_bwd_fake(grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts, softplus,
+                             steps):
+    like = lambda t: u.new_empty(0) if t is None else t.new_empty(t.shape)  # noqa: E731
+    batch, d_inner = u.shape[1], u.shape[2]
+    h0 = u.new_empty(batch, A_t.shape[0], d_inner)
+    return tuple(like(t) for t in (u, delta, A_t, B, C, D, z, delta_bias, h0))
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, save_states = inputs
+    block_starts = output[2]
+    ctx.mark_non_differentiable(block_starts)
+    ctx.set_materialize_grads(False)  # an unused output (usually h_last) gets no zero-filled gradient
+    # Only the state entering each block is kept, never the per-step states: memory O(length * d_inner). A call
+    # that did not save them (save_states=False, e.g. a graph traced without gradients run with them) keeps h0
+    # instead, and its backward reruns the forward to get them.
+    ctx.save_for_backward(u, delta, A_t, B, C, D, z, delta_bias, block_starts if save_states else h0)
+    ctx.softplus, ctx.save_states = softplus, save_states
+    ctx.steps = _steps_per_block(u.shape[0], u.shape[1], A_t.shape[0], u.shape[2])
+
+
+def _backward(ctx, grad_out, grad_h_last, grad_block_starts):
+    # Read once: activation checkpointing (non-reentrant) allows one unpack of the saved tensors per backward.
+    u, delta, A_t, B, C, D, z, delta_bias, block_starts = ctx.saved_tensors
+    if grad_out is None and grad_h_last is None:
+        return (None,) * 11
+    steps = ctx.steps
+    if not ctx.save_states:  # `block_starts` holds h0: rerun the forward for the block boundary states
+        block_starts = torch.ops.storm_hf.selective_scan_fwd(u, delta, A_t, B, C, D, z, delta_bias, block_starts,
+                                                             ctx.softplus, True)[2]
+        steps = _steps_per_block(u.shape[0], u.shape[1], A_t.shape[0], u.shape[2])  # the blocks just used
+    grads = torch.ops.storm_hf.selective_scan_bwd(grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias,
+                                                  block_starts, ctx.softplus, steps)
+    grad_u, grad_delta, grad_A_t, grad_B, grad_C, grad_D, grad_z, grad_bias, grad_h0 = grads
+    return (grad_u, grad_delta, grad_A_t, grad_B, grad_C, None if D is None else grad_D, None if z is None else grad_z,
+            None if delta_bias is None else grad_bias, grad_h0, None, None)
+
+
+selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def selective_scan_torch(
@@ -355,12 +456,10 @@ def selective_scan_torch(
         bool(delta_softplus),
     )
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    # The recurrence is fp32 by design: autocast (mixed-precision training) must not recast its matmuls.
-    with torch.autocast(device_type=u.device.type, enabled=False), _scan_threads(u.device, u.numel() * d_state):
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            y, h_last = _SelectiveScanFn.apply(*args)
-        else:
-            y, h_last = _scan_forward(*args)
+    # The states entering each block are kept only for a backward; without gradients nothing is stored.
+    # (Autocast off and CPU_SCAN_THREADS are applied inside the op, where they also hold in compiled graphs.)
+    save_states = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    y, h_last, _ = torch.ops.storm_hf.selective_scan_fwd(*args, save_states)
     y = y.transpose(0, 1).to(dtype_in)  # (batch, length, d_inner)
     if return_last_state:
         return y, h_last.transpose(1, 2)  # (batch, d_inner, d_state)
