@@ -1,7 +1,7 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
 """The STORM web demo as a Hugging Face Space (or anywhere: `python app.py`).
 
-It serves `storm_hf.web_demo`'s page for the model named by the STORM_MODEL environment variable (a Hub id or
+It serves `storm_hf.apps.web_demo`'s page for the model named by the STORM_MODEL environment variable (a Hub id or
 a folder; the bundled miniature model when unset), with at most STORM_MAX_FRAMES frames per video (default
 64) and uploads of at most STORM_MAX_UPLOAD_MB MB (default 500, so that one upload cannot fill the disk).
 Gradio's own variables set the address and port (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT; a Space sets
@@ -17,7 +17,7 @@ SOURCE = Path(__file__).resolve().parent / "src"
 if (SOURCE / "storm_hf" / "__init__.py").is_file():
     sys.path.insert(0, str(SOURCE))
 
-from storm_hf.web_demo import DEFAULT_FRAME_BUDGET, DEFAULT_MAX_UPLOAD_MB, build_demo
+from storm_hf.apps.web_demo import DEFAULT_FRAME_BUDGET, DEFAULT_MAX_UPLOAD_MB, build_demo
 
 demo = build_demo(os.environ.get("STORM_MODEL") or None,
                   budget=int(os.environ.get("STORM_MAX_FRAMES", DEFAULT_FRAME_BUDGET)),

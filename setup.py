@@ -1,7 +1,7 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 here = Path(__file__).parent
 version = next(
@@ -18,9 +18,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     package_dir={"": "src"},
-    packages=["storm_hf"],
-    # The bundled trained model (storm_hf.miniature.BUNDLED_MODEL): safetensors, config, tokenizer, processor.
-    package_data={"storm_hf": ["bundled/*/*"]},  # also the web page's example clips (bundled/demo-clips)
+    packages=find_packages("src"),
+    # The bundled trained model (storm_hf.miniature.BUNDLED_MODEL): safetensors, config, tokenizer, processor;
+    # and the web page's example clips (storm_hf.miniature.DEMO_CLIPS).
+    package_data={"storm_hf.miniature": ["bundled/*/*"]},
     python_requires=">=3.10",
     install_requires=[
         # On a CPU-only machine install torch==2.13.0 first (see the README): an unpinned torch pulls CUDA wheels.
@@ -37,9 +38,9 @@ setup(
         "peft>=0.17",
     ],
     entry_points={
-        "console_scripts": ["storm-hf=storm_hf.cli:main"],
-        # lmms-eval's model plugins: `python -m lmms_eval --model storm ...` (storm_hf.lmms_eval_model)
-        "lmms_eval.models": ["storm=storm_hf.lmms_eval_entry:manifests"],
+        "console_scripts": ["storm-hf=storm_hf.apps.cli:main"],
+        # lmms-eval's model plugins: `python -m lmms_eval --model storm ...` (storm_hf.integrations.lmms_eval)
+        "lmms_eval.models": ["storm=storm_hf.integrations.lmms_eval_entry:manifests"],
     },
     extras_require={
         # Fine-tuning needs nothing more since 0.1 (accelerate and peft are installed by default); kept so that

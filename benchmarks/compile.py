@@ -14,7 +14,7 @@ Models (random weights do not change these timings, but the bundled model's are 
 * `storm (before)`, with `--before SRC`: the bundled model as the storm_hf found in SRC (put first on
   PYTHONPATH) loads and runs it, e.g. a checkout of the commit before a change (`git worktree add DIR REV`).
 
-Input: one held-out clip of the benchmark (`storm_hf.temporal_qa`, 16 frames of 48 px) through the bundled
+Input: one held-out clip of the benchmark (`storm_hf.miniature.temporal_qa`, 16 frames of 48 px) through the bundled
 processor and its chat template, as `storm-hf demo` asks a question: `input_ids`, `attention_mask`,
 `pixel_values_videos` and `video_num_frames`; `use_cache=False` (a forward, not generation). LLaVA-OneVision
 gets the same pixels and prompt with its own number of video tokens (16 frames x 4 x 4 pooled patches + one
@@ -71,7 +71,7 @@ def storm_inputs():
 
     from storm_hf import StormForConditionalGeneration, StormProcessor
     from storm_hf.miniature import BUNDLED_MODEL
-    from storm_hf.temporal_qa import TASKS, clip_rng, make_clip
+    from storm_hf.miniature.temporal_qa import TASKS, clip_rng, make_clip
 
     model = StormForConditionalGeneration.from_pretrained(BUNDLED_MODEL).eval()
     processor = StormProcessor.from_pretrained(BUNDLED_MODEL)

@@ -1,5 +1,5 @@
 """The paper's claim in miniature: temporal pooling with and without a temporal encoder, on questions that
-need time (storm_hf.temporal_qa), trained from scratch on this CPU through `storm-hf train`.
+need time (storm_hf.miniature.temporal_qa), trained from scratch on this CPU through `storm-hf train`.
 
     python benchmarks/temporal_qa.py            # the full table: 3 arms x 3 reductions x 3 seeds (see --help)
     python benchmarks/temporal_qa.py --quick    # a smaller table: 1 seed, fewer steps
@@ -69,7 +69,7 @@ def log(*args):
 
 def write_data(root, settings):
     """Clips and stills, each split written once (kept between runs of the same settings)."""
-    from storm_hf.temporal_qa import write_split, write_stills
+    from storm_hf.miniature.temporal_qa import write_split, write_stills
 
     os.makedirs(root, exist_ok=True)
     jobs = [("train", settings["train_clips"]), ("test", settings["test_clips"]),
@@ -93,9 +93,9 @@ def generator_id() -> str:
     """A digest of the benchmark generator's source: data and models made by another version are not reused."""
     import hashlib
 
-    import storm_hf.temporal_qa
+    import storm_hf.miniature.temporal_qa
 
-    return hashlib.sha256(open(storm_hf.temporal_qa.__file__, "rb").read()).hexdigest()[:16]
+    return hashlib.sha256(open(storm_hf.miniature.temporal_qa.__file__, "rb").read()).hexdigest()[:16]
 
 
 def training_config(model_dir, train_file, data_root, output_dir, steps, seed, batch=BATCH, freeze=None,
@@ -119,7 +119,7 @@ def run_train(config, path, threads):
         json.dump(config, f, indent=1)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                TOKENIZERS_PARALLELISM="false")
-    result = subprocess.run([sys.executable, "-m", "storm_hf.cli", "train", path], env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "storm_hf", "train", path], env=env, capture_output=True,
                             text=True)
     if result.returncode:
         raise RuntimeError(f"storm-hf train {path} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -147,10 +147,10 @@ def shared_stage(work, name, init, train_file, steps, batch, wanted, threads):
 
 def pretrain_images(work, settings, threads):
     """Stage 2: a model without temporal encoder trained on the stills; its accuracy on held-out stills."""
-    from storm_hf.demo import load
+    from storm_hf.inference import load
     from storm_hf.evaluation import evaluate
     from storm_hf.miniature import build_initial_checkpoint, mini_config
-    from storm_hf.temporal_qa import write_stills
+    from storm_hf.miniature.temporal_qa import write_stills
     from storm_hf.training import load_video_dataset
 
     init = build_initial_checkpoint(os.path.join(work, "image-init"), mini_config("baseline", 1), seed=0,
@@ -198,7 +198,7 @@ def build_arm(base, arm, reduction, seed, out):
 
 def evaluate_run(run_dir, data_root, test_file, strides=(1, 2)):
     """Accuracy on ``test_file`` at each test-time sampling stride (each video decoded once)."""
-    from storm_hf.demo import load
+    from storm_hf.inference import load
     from storm_hf.evaluation import evaluate_strides
 
     model, processor = load(run_dir)
@@ -250,7 +250,7 @@ def run_job(job):
 def prefill_times(run_dirs: dict, data_root, test_file, repeats=7, clips=8):
     """Median seconds of the LLM prefill (one forward over the prompt with the video's tokens in place) for
     each setting, interleaved so that load on the machine hits all settings alike."""
-    from storm_hf.demo import load, set_sampling_stride
+    from storm_hf.inference import load, set_sampling_stride
     from storm_hf.evaluation import encode_prompts
     from storm_hf.training import load_video_dataset
 
@@ -285,7 +285,7 @@ def prefill_times(run_dirs: dict, data_root, test_file, repeats=7, clips=8):
 # -------------------------------------------------------------------------------------------------
 
 def summarise(results, prefill, tasks):
-    from storm_hf.temporal_qa import TEMPORAL_TASKS
+    from storm_hf.miniature.temporal_qa import TEMPORAL_TASKS
 
     rows = []
     groups = {}
@@ -312,7 +312,7 @@ def summarise(results, prefill, tasks):
 
 def chance_row(test_file, tasks):
     """Expected accuracy of a uniform guess among each question's options, per task."""
-    from storm_hf.temporal_qa import TEMPORAL_TASKS
+    from storm_hf.miniature.temporal_qa import TEMPORAL_TASKS
     from storm_hf.training import load_video_dataset
 
     dataset = load_video_dataset(test_file)
@@ -372,7 +372,7 @@ def main():
     settings_to_time = {f"{arm} {reduction} s={s}": (os.path.join(work, "runs", f"{arm}_{reduction.replace('=', '')}_seed0"), s)
                         for reduction in settings["reductions"] for arm in settings["arms"] for s in (1, 2)}
     prefill = prefill_times(settings_to_time, data, os.path.join(data, "test.jsonl"))
-    from storm_hf.temporal_qa import TASKS
+    from storm_hf.miniature.temporal_qa import TASKS
 
     rows = summarise(results, prefill, list(TASKS))
     chance = chance_row(os.path.join(data, "test.jsonl"), list(TASKS))

@@ -6,7 +6,7 @@
 Arms, interleaved over the repeats, each on the same file (the bundled `direction.mp4` example clip, and a
 generated `--long-seconds` video at 8 fps sampled at 4 frames a second within a 64-frame budget):
 
-* `ask`: `storm_hf.demo.ask` on the file (decode, model, 64 new tokens at most), as `storm-hf demo` runs it;
+* `ask`: `storm_hf.inference.ask` on the file (decode, model, 64 new tokens at most), as `storm-hf demo` runs it;
 * `page`: every update of `web_demo.answer_updates` for the same request (worker thread, queue, frame strip
   thumbnails, tables), and Gradio's own postprocessing of each update's outputs (what the server does
   before it sends an update: for the frame strip, a WebP file per frame in Gradio's cache).
@@ -34,10 +34,10 @@ def main():
 
     import gradio as gr
 
-    from storm_hf import web_demo
-    from storm_hf.demo import ask, load
-    from storm_hf.temporal_qa import clip_rng, make_clip, write_video
-    from storm_hf.web_demo import Request, answer_updates, example_clips
+    from storm_hf.apps import web_demo
+    from storm_hf.inference import ask, load
+    from storm_hf.miniature.temporal_qa import clip_rng, make_clip, write_video
+    from storm_hf.apps.web_demo import Request, answer_updates, example_clips
 
     model, processor = load()
     lock = threading.Lock()

@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor
-from storm_hf.tiny import word_tokenizer, write_clip
-from storm_hf.train import train
+from storm_hf.miniature.tiny import word_tokenizer, write_clip
+from storm_hf.training import train
 
 
 def make_example_data(root: str, count: int = 8) -> str:

@@ -27,7 +27,7 @@ from datasets import load_dataset
 from trl import SFTConfig, SFTTrainer
 
 from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor
-from storm_hf.tiny import word_tokenizer, write_clip
+from storm_hf.miniature.tiny import word_tokenizer, write_clip
 from storm_hf.training import StormDataCollator, apply_training_stage
 
 QUESTION = "where does the square move ?"

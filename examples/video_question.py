@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor
-from storm_hf.tiny import word_tokenizer, write_clip
+from storm_hf.miniature.tiny import word_tokenizer, write_clip
 
 if len(sys.argv) > 1:
     video = sys.argv[1]

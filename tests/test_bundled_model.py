@@ -12,7 +12,7 @@ import pytest
 
 from storm_hf import StormForConditionalGeneration, StormProcessor
 from storm_hf.miniature import BUNDLED_MODEL
-from storm_hf.temporal_qa import TASKS, TEMPORAL_TASKS, write_split
+from storm_hf.miniature.temporal_qa import TASKS, TEMPORAL_TASKS, write_split
 
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -48,7 +48,7 @@ def held_out(tmp_path_factory):
 
 
 def test_accuracy_on_held_out_clips_stays_above_its_floor(held_out):
-    from storm_hf.demo import load
+    from storm_hf.inference import load
     from storm_hf.evaluation import evaluate
 
     path, root = held_out

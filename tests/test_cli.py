@@ -9,8 +9,8 @@ import warnings
 
 import pytest
 
-from storm_hf.cli import main
-from storm_hf.train import CONFIG_KEYS, load_config, validate_config
+from storm_hf.apps.cli import main
+from storm_hf.training.job import CONFIG_KEYS, load_config, validate_config
 
 GOOD = {"model": "ckpt", "train_file": "data/train.jsonl", "training": {"output_dir": "runs/x", "max_steps": 2}}
 
@@ -124,7 +124,7 @@ def test_help_explains_every_option(command, capsys, monkeypatch):
     if command == "train":  # the config's keys, what they do, and how to run on several processes
         for key in CONFIG_KEYS + ("output_dir", "activation_checkpointing"):
             assert f"{key}:" in text, key
-        assert "accelerate launch --multi_gpu --num_processes N -m storm_hf.train CONFIG" in text
+        assert "accelerate launch --multi_gpu --num_processes N -m storm_hf train CONFIG" in text
         assert "gradient_checkpointing: true" not in text
     if command == "demo":
         assert 'pip install -e ".[demo]" in the repository root' in words and "storm_hf[" not in words

@@ -224,7 +224,7 @@ def test_a_log_and_d_stay_fp32_on_every_path(tmp_path):
 def test_from_parts_with_a_dtype_keeps_a_log_and_d_fp32(tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-    from storm_hf.tiny import word_tokenizer
+    from storm_hf.miniature.tiny import word_tokenizer
 
     SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, image_size=32, patch_size=4)).save_pretrained(tmp_path / "v")
@@ -243,7 +243,7 @@ def test_from_parts_with_a_dtype_keeps_a_log_and_d_fp32(tmp_path):
 def test_optimizer_takes_no_weight_decay_on_ssm_parameters_norms_and_biases(tmp_path, stage):
     from transformers import TrainingArguments
 
-    from storm_hf.train import StormTrainer
+    from storm_hf.training.job import StormTrainer
     from storm_hf.training import apply_training_stage
 
     model = apply_training_stage(tiny_model(temporal_bias=True, projector_bias=True), stage, lora_rank=4)

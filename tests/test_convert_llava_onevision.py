@@ -8,7 +8,7 @@ import torch
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
 from storm_hf import StormForConditionalGeneration, StormProcessor
-from storm_hf.convert_llava_onevision_to_storm import interpolate_position_embeddings
+from storm_hf.integrations.convert_llava_onevision import interpolate_position_embeddings
 
 from .tokenizer_factory import tiny_tokenizer
 
@@ -41,7 +41,7 @@ def save_tiny_llava(folder, vision_layers=2, text_layers=2, image_size=28, **ext
 
 def test_convert_keeps_encoder_and_llm(tmp_path):
     llava, _ = save_tiny_llava(tmp_path / "llava")
-    result = subprocess.run([sys.executable, "-m", "storm_hf.convert_llava_onevision_to_storm", str(tmp_path / "llava"),
+    result = subprocess.run([sys.executable, "-m", "storm_hf.integrations.convert_llava_onevision", str(tmp_path / "llava"),
                              str(tmp_path / "storm"), "--image-size", "32", "--temporal-pool-k", "2"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -67,7 +67,7 @@ def test_convert_keeps_encoder_and_llm(tmp_path):
 def test_converted_model_stops_at_the_end_of_a_chat_turn(tmp_path):
     import json
 
-    from storm_hf.convert_llava_onevision_to_storm import convert_llava_onevision_to_storm
+    from storm_hf.integrations.convert_llava_onevision import convert_llava_onevision_to_storm
 
     _, tokenizer = save_tiny_llava(tmp_path / "llava", vision_layers=1, text_layers=1)
     convert_llava_onevision_to_storm(tmp_path / "llava", tmp_path / "storm", image_size=32)
@@ -83,7 +83,7 @@ def test_converter_refuses_what_is_not_llava_onevision(tmp_path):
     (tmp_path / "empty").mkdir()
     for source, reason in ((tmp_path / "storm", "model_type 'storm', expected 'llava_onevision'"),
                            (tmp_path / "empty", "no readable config.json")):
-        result = subprocess.run([sys.executable, "-m", "storm_hf.convert_llava_onevision_to_storm", str(source),
+        result = subprocess.run([sys.executable, "-m", "storm_hf.integrations.convert_llava_onevision", str(source),
                                  str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and "not a LLaVA-OneVision checkpoint" in result.stderr and reason in result.stderr
         assert "Traceback" not in result.stderr and "saved" not in result.stdout
@@ -93,7 +93,7 @@ def test_converter_refuses_what_is_not_llava_onevision(tmp_path):
 def test_converted_model_sees_llava_onevision_vision_features(tmp_path):
     """vision_feature_layer=-1 in LLaVA-OneVision is hidden_states[-1] (before SigLIP's post-LayerNorm); the
     converted STORM reads the same tensor on the same frames (a 32 px tower needs no interpolation)."""
-    from storm_hf.convert_llava_onevision_to_storm import convert_llava_onevision_to_storm
+    from storm_hf.integrations.convert_llava_onevision import convert_llava_onevision_to_storm
 
     llava, _ = save_tiny_llava(tmp_path / "llava", text_layers=1, image_size=32, vision_feature_layer=-1,
                                vision_feature_select_strategy="full")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from storm_hf.miniature import build_initial_checkpoint, mini_config
-from storm_hf.tiny import write_clip
+from storm_hf.miniature.tiny import write_clip
 
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 STAGES = ("video decode", "vision tower", "projector", "temporal encoder", "token reduction", "LLM prefill", "decode")
@@ -27,7 +27,7 @@ def demo(*args, check=True):
     import contextlib
     import io
 
-    from storm_hf.cli import main
+    from storm_hf.apps.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     code = 0
@@ -109,7 +109,7 @@ def test_a_question_without_a_video_or_an_empty_question_is_refused_by_name(untr
 
 @pytest.mark.parametrize("question", ["", "   ", None])
 def test_ask_refuses_an_empty_question(untrained, tmp_path, question):
-    from storm_hf.demo import ask, load
+    from storm_hf.inference import ask, load
 
     model, processor = load(untrained)
     with pytest.raises(ValueError, match=r"ask: the question is empty \(.*\); give a question about the video"):
@@ -117,7 +117,7 @@ def test_ask_refuses_an_empty_question(untrained, tmp_path, question):
 
 
 def test_ask_refuses_a_bad_frame_count_by_name(untrained, tmp_path):
-    from storm_hf.demo import ask, load
+    from storm_hf.inference import ask, load
 
     model, processor = load(untrained)
     clip = str(write_clip(tmp_path / "square.mp4"))

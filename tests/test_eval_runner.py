@@ -1,4 +1,4 @@
-"""`storm-hf eval` (storm_hf.eval_runner): scoring, per-type accuracy and timing, resuming an interrupted run,
+"""`storm-hf eval` (storm_hf.evaluation.runner): scoring, per-type accuracy and timing, resuming an interrupted run,
 background decoding, one setting for k / p / s, and clear errors."""
 
 import json
@@ -6,12 +6,13 @@ import os
 
 import pytest
 
-import storm_hf.eval_runner as eval_runner
-from storm_hf.cli import main as cli
-from storm_hf.demo import load
-from storm_hf.eval_runner import answer_letter, letter_prompt, parse_letter, run_evaluation, set_token_reduction
+import storm_hf.evaluation.runner as eval_runner
+from storm_hf.apps.cli import main as cli
+from storm_hf.inference import load
+from storm_hf.evaluation.runner import answer_letter, letter_prompt, parse_letter, run_evaluation
+from storm_hf.inference import set_token_reduction
 from storm_hf.evaluation import evaluate
-from storm_hf.temporal_qa import write_split
+from storm_hf.miniature.temporal_qa import write_split
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +162,8 @@ def test_cli_eval_writes_results_and_bad_input_exits_with_a_message(data, tmp_pa
 
 
 def test_flat_question_records_score_like_the_same_records_with_messages(bundled, data, tmp_path):
-    from storm_hf.eval_runner import load_eval_records
-    from storm_hf.temporal_qa import write_multiple_choice_split
+    from storm_hf.evaluation.runner import load_eval_records
+    from storm_hf.miniature.temporal_qa import write_multiple_choice_split
 
     model, processor = bundled
     flat = write_multiple_choice_split(tmp_path / "flat", "test", count=10, seed=5)  # the clips of `data`

@@ -6,10 +6,11 @@ import torch
 
 from storm_hf import StormProcessor
 from storm_hf.evaluation import (
-    EvaluationResult, check_agreement, chance_accuracy, encode_prompts, evaluate, prompt_messages, reference_answer,
+    EvaluationResult, chance_accuracy, encode_prompts, evaluate, prompt_messages, reference_answer,
 )
 from storm_hf.miniature import mini_config, mini_tokenizer, new_model
-from storm_hf.temporal_qa import write_split
+from storm_hf.miniature.temporal_qa import write_split
+from storm_hf.inference import check_agreement
 from storm_hf.training import load_video_dataset
 
 
@@ -98,7 +99,7 @@ def test_processor_and_model_must_count_tokens_alike(setup):
 
 
 def test_several_strides_in_one_pass_equal_one_stride_at_a_time(setup):
-    from storm_hf.demo import set_sampling_stride
+    from storm_hf.inference import set_sampling_stride
     from storm_hf.evaluation import evaluate_strides
 
     model, processor, records, root = setup

@@ -279,7 +279,7 @@ def test_beam_search_and_several_return_sequences_reuse_the_encoded_video():
 def test_generation_stops_at_the_end_of_a_chat_turn(tmp_path):
     """The tiny preset and set_generation_tokens: EOS is <|im_end|>, saved with the model, and generate() stops."""
     from storm_hf import StormForConditionalGeneration as Model
-    from storm_hf.tiny import word_tokenizer
+    from storm_hf.miniature.tiny import word_tokenizer
 
     tokenizer = word_tokenizer(["hello"])
     model = tiny_model()

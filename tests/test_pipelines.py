@@ -15,7 +15,7 @@ from transformers.utils import is_torchvision_available
 
 from storm_hf import StormForConditionalGeneration, StormProcessor
 from storm_hf.miniature import BUNDLED_MODEL
-from storm_hf.tiny import write_clip
+from storm_hf.miniature.tiny import write_clip
 
 from .conftest import tiny_model
 from .tokenizer_factory import tiny_tokenizer

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback, TrainingArguments
 
-from storm_hf.train import train
-from storm_hf.training_checkpoints import changed_rate_step
+from storm_hf.training.job import train
+from storm_hf.training.checkpoints import changed_rate_step
 
 from .test_training import ISSUE_22, data, job, save_tiny_checkpoint  # noqa: F401  (data: the fixture)
 
@@ -197,7 +197,7 @@ def replace(source, target, *args, **kwargs):  # the final save moving the weigh
 
 
 TrainerState.save_to_json, os.replace = save_state, replace
-from storm_hf.cli import main
+from storm_hf.apps.cli import main
 
 sys.exit(main(["train", sys.argv[1]]))
 """

@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from storm_hf.temporal_qa import (
+from storm_hf.miniature.temporal_qa import (
     ANSWERS, COLOURS, TASKS, WINDOW, clip_rng, generate, make_clip, vocabulary, write_split,
 )
 
@@ -68,7 +68,7 @@ def test_order_inside_one_pooling_window_is_invisible_after_averaging():
 
 def test_written_split_reads_back_through_the_collator(tmp_path):
     from storm_hf import StormConfig, StormProcessor, read_frames
-    from storm_hf.tiny import word_tokenizer
+    from storm_hf.miniature.tiny import word_tokenizer
     from storm_hf.training import StormDataCollator, load_video_dataset
 
     path = write_split(tmp_path, "validation", count=7)
@@ -96,7 +96,7 @@ def test_bad_arguments_are_refused():
 
 
 def test_stills_answer_every_question_from_one_frame(tmp_path):
-    from storm_hf.temporal_qa import STILL_TASKS, make_still, still_record, write_stills
+    from storm_hf.miniature.temporal_qa import STILL_TASKS, make_still, still_record, write_stills
 
     rng = np.random.default_rng(0)
     stills = [make_still(rng) for _ in range(60)]

@@ -131,7 +131,7 @@ def test_resuming_an_interrupted_run_gives_the_same_weights(data, tmp_path, stag
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
-    from storm_hf.train import train
+    from storm_hf.training.job import train
 
     checkpoint = save_tiny_checkpoint(tmp_path / "base")
     assert StormConfig.from_pretrained(checkpoint).temporal_num_layers == 2
@@ -156,7 +156,7 @@ def test_lora_adapter_reloads_and_merges_into_a_full_checkpoint(data, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from storm_hf.train import train
+    from storm_hf.training.job import train
 
     checkpoint = save_tiny_checkpoint(tmp_path / "base")
     trainer = train(job(data, checkpoint, tmp_path / "run", "lora", merge_lora=True)).trainer
@@ -175,14 +175,14 @@ def test_lora_adapter_reloads_and_merges_into_a_full_checkpoint(data, tmp_path):
 
 @pytest.mark.parametrize("stage", ["alignment", "sft", "lora"])
 def test_checkpoints_survive_the_final_save_and_a_rerun_trains_nothing(data, tmp_path, stage, capsys):
-    from storm_hf.train import train
+    from storm_hf.training.job import train
 
     checkpoint = save_tiny_checkpoint(tmp_path / "base")
     output = tmp_path / "run"
     output.mkdir()
     (output / "notes.md").write_text("mine")
     first = train(job(data, checkpoint, output, stage, merge_lora=stage == "lora"))
-    from storm_hf.train import StormTrainer
+    from storm_hf.training.job import StormTrainer
 
     assert isinstance(first.trainer, StormTrainer)  # its optimizer groups skip A_log, D, norms and biases
     assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
@@ -210,7 +210,7 @@ def test_checkpoints_survive_the_final_save_and_a_rerun_trains_nothing(data, tmp
 def test_a_resumed_run_reports_only_its_own_losses(data, tmp_path, capsys):
     from transformers import TrainerCallback
 
-    from storm_hf.train import train
+    from storm_hf.training.job import train
 
     class StopAfterThree(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -232,7 +232,7 @@ DDP_SCRIPT = """
 import hashlib, json, os, sys
 import torch
 from transformers import TrainerCallback
-from storm_hf.train import train
+from storm_hf.training.job import train
 
 config = json.load(open(sys.argv[1]))
 
@@ -298,7 +298,7 @@ def test_lora_adapter_push_to_hub_uploads_adapter_and_trained_modules(tmp_path, 
 def test_missing_training_packages_are_named_with_the_fix(monkeypatch):
     import importlib.util
 
-    from storm_hf import train as train_module
+    from storm_hf.training import job as train_module
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor
-from storm_hf.tiny import word_tokenizer, write_clip
+from storm_hf.miniature.tiny import word_tokenizer, write_clip
 from storm_hf.training import IGNORE_INDEX, StormDataCollator
 
 pytest.importorskip("trl", reason="TRL is in the dev extra: pip install -e '.[dev]'")

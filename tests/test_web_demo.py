@@ -1,4 +1,4 @@
-"""The web demo's logic without a browser (storm_hf.web_demo.answer_updates, describe_upload, the Gradio page
+"""The web demo's logic without a browser (storm_hf.apps.web_demo.answer_updates, describe_upload, the Gradio page
 and app.py built in process); the page driven in headless Chromium is tests/test_web_demo_browser.py."""
 
 import os
@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import storm_hf
-from storm_hf import web_demo
-from storm_hf.demo import ask, load, sample_video
-from storm_hf.temporal_qa import clip_rng, make_clip, write_video
-from storm_hf.web_demo import Request, answer_updates, describe_upload, example_clips
+from storm_hf.apps import web_demo
+from storm_hf.inference import ask, load, sample_video
+from storm_hf.miniature.temporal_qa import clip_rng, make_clip, write_video
+from storm_hf.apps.web_demo import Request, answer_updates, describe_upload, example_clips
 
 from .video_factory import make_audio_only
 
@@ -304,7 +304,7 @@ def test_the_gradio_page_and_app_py_build(bundled, monkeypatch):
 
 def test_the_upload_cap_is_passed_to_gradio_by_every_way_of_serving(bundled, monkeypatch):
     gr = pytest.importorskip("gradio")
-    from storm_hf.cli import main
+    from storm_hf.apps.cli import main
 
     served = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: served.append(kwargs))
@@ -410,7 +410,7 @@ def test_space_requirements_are_the_packages_own():
 
 
 def test_web_flag_without_gradio_says_how_to_install_it(monkeypatch, capsys):
-    from storm_hf.cli import main
+    from storm_hf.apps.cli import main
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
     with pytest.raises(SystemExit) as exit:
@@ -422,7 +422,7 @@ def test_web_flag_without_gradio_says_how_to_install_it(monkeypatch, capsys):
 
 
 def test_web_flag_refuses_a_video_argument(capsys):
-    from storm_hf.cli import main
+    from storm_hf.apps.cli import main
 
     with pytest.raises(SystemExit):
         main(["demo", "--web", "--task", "direction"])

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from storm_hf.demo import ask, load
-from storm_hf.temporal_qa import clip_rng, make_clip, write_video
+from storm_hf.inference import ask, load
+from storm_hf.miniature.temporal_qa import clip_rng, make_clip, write_video
 
 from .test_web_demo import free_port, start_server, stop_server
 
@@ -164,7 +164,7 @@ def test_a_file_that_is_not_a_video_gets_a_message_and_the_page_keeps_working(se
 
 
 def test_two_pages_asking_at_once_are_both_answered_and_examples_fill_the_form(server, browser):
-    from storm_hf.web_demo import example_clips
+    from storm_hf.apps.web_demo import example_clips
 
     url, _ = server
     clips = example_clips()[:2]

@@ -1,6 +1,6 @@
-"""A small word-level tokenizer built in code (no download) in the tiny layout (`storm_hf.tiny`)."""
+"""A small word-level tokenizer built in code (no download) in the tiny layout (`storm_hf.miniature.tiny`)."""
 
-from storm_hf.tiny import word_tokenizer
+from storm_hf.miniature.tiny import word_tokenizer
 
 WORDS = "what happens in the video describe it a square moves left right up down answer is yes no ? .".split()
 

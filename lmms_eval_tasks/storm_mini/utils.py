@@ -1,7 +1,7 @@
-"""The miniature temporal video-QA test split (storm_hf.temporal_qa) as lmms-eval tasks; the prompts are built
+"""The miniature temporal video-QA test split (storm_hf.miniature.temporal_qa) as lmms-eval tasks; the prompts are built
 by storm_hf's own helpers, so `storm-hf eval` asks exactly the same questions."""
 
-from storm_hf.eval_runner import answer_letter, lettered_options, parse_letter
+from storm_hf.evaluation.runner import answer_letter, lettered_options, parse_letter
 
 
 def doc_to_visual(doc):

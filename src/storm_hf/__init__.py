@@ -22,6 +22,7 @@ from .selective_scan import selective_scan_sequential, selective_scan_torch
 from .video_io import VideoReadError, probe_video, read_frames, sample_frame_indices
 from .processing_storm import StormProcessor
 from .video_processing_storm import StormVideoProcessor
+from . import _moved
 
 
 __version__ = "0.1.0"
@@ -43,6 +44,8 @@ StormModel.register_for_auto_class("AutoModel")
 StormForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 StormProcessor.register_for_auto_class("AutoProcessor")
 StormVideoProcessor.register_for_auto_class("AutoVideoProcessor")
+# storm_hf 0.1's module paths (storm_hf.demo, storm_hf.miniature.temporal_qa, ...) import from their new places, with a warning.
+_moved.install()
 
 __all__ = [
     "StormConfig",

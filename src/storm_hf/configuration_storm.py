@@ -293,7 +293,7 @@ class StormConfig(PreTrainedConfig):
     def from_preset(cls, name: str, **overrides) -> "StormConfig":
         """A named layout: ``"storm-7b"`` (the paper's: SigLIP-So400m/14 at 448 px + Qwen2-7B, k = 4) or
         ``"tiny"`` (random-init test size: hidden 32, 2 layers, 32 px frames, 16 tokens per frame, a 512-token
-        vocabulary in the layout of `storm_hf.tiny.word_tokenizer`, where `<|im_end|>` (509) ends generation).
+        vocabulary in the layout of `storm_hf.miniature.tiny.word_tokenizer`, where `<|im_end|>` (509) ends generation).
         Keyword arguments override fields of the preset."""
         if name == "storm-7b":
             return cls(**overrides)
@@ -319,7 +319,7 @@ class StormConfig(PreTrainedConfig):
                     "num_key_value_heads": 2,
                     "max_position_embeddings": 2048,
                     "tie_word_embeddings": False,
-                    "eos_token_id": 509,  # <|im_end|> in the tiny layout (storm_hf.tiny)
+                    "eos_token_id": 509,  # <|im_end|> in the tiny layout (storm_hf.miniature.tiny)
                     "pad_token_id": 0,
                 },
                 "image_token_id": 510,

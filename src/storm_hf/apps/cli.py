@@ -1,6 +1,6 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
-"""The `storm-hf` command: `storm-hf train CONFIG` (storm_hf.train), `storm-hf demo ...` (storm_hf.demo) and
-`storm-hf eval DATA ...` (storm_hf.eval_runner).
+"""The `storm-hf` command: `storm-hf train CONFIG` (storm_hf.training.job), `storm-hf demo ...` (storm_hf.apps.demo) and
+`storm-hf eval DATA ...` (storm_hf.evaluation.runner).
 
 Exit status: 0 on success; 2 for a usage or input error (argparse's convention: a bad flag, a missing or
 unreadable file, a bad config, video or checkpoint), with a one-line message on stderr and no traceback."""
@@ -11,9 +11,9 @@ import argparse
 import sys
 
 COMMANDS = {
-    "train": "fine-tune with a JSON/YAML config (see storm_hf.train)",
-    "demo": "ask a model about a video; without arguments, run held-out benchmark clips (see storm_hf.demo)",
-    "eval": "evaluate a model on a local JSON/JSONL video QA set (see storm_hf.eval_runner)",
+    "train": "fine-tune with a JSON/YAML config (see storm_hf.training.job)",
+    "demo": "ask a model about a video; without arguments, run held-out benchmark clips (see storm_hf.apps.demo)",
+    "eval": "evaluate a model on a local JSON/JSONL video QA set (see storm_hf.evaluation.runner)",
 }
 INPUT_ERROR = 2  # the exit status of usage and input errors, as argparse's own
 
@@ -25,7 +25,7 @@ def _input_error(command: str, error: BaseException):
 
 def main(argv=None) -> int:
     """Runs one `storm-hf` command and returns its exit status (0); errors in the input exit with status 2 and
-    a one-line message. From Python, call `storm_hf.train.train` or `storm_hf.demo.main` for their results."""
+    a one-line message. From Python, call `storm_hf.training.train` or `storm_hf.apps.demo.main` for their results."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         parser = argparse.ArgumentParser(prog="storm-hf", description="STORM tools")
@@ -36,27 +36,13 @@ def main(argv=None) -> int:
         return INPUT_ERROR
     command, rest = argv[0], argv[1:]
     if command == "train":
-        from . import train as train_module
-
-        parser = argparse.ArgumentParser(prog="storm-hf train", description=train_module.__doc__,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.add_argument("config", help="the job: a JSON file, or YAML (.yaml / .yml), with the keys above")
-        args = parser.parse_args(rest)
-        try:
-            config = train_module.load_config(args.config)
-        except (ValueError, OSError) as error:  # missing file, bad syntax, a missing or unknown key
-            _input_error(command, error)
-        run = train_module.train
+        from ..training.job import main as run
     elif command == "eval":
-        from .eval_runner import main as run
-
-        config = rest
+        from ..evaluation.runner import main as run
     else:
         from .demo import main as run
-
-        config = rest
     try:
-        run(config)
+        run(rest)
         return 0
     except (ValueError, OSError) as error:  # bad video, bad checkpoint, missing file: the message says what
         _input_error(command, error)

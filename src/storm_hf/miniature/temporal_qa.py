@@ -22,7 +22,7 @@ validation, test) never share a generator, and the same arguments give the same 
 `write_split` writes clips as H.264 files and a JSONL of records in `storm_hf.training`'s format (plus the
 question type, the answer and the options), so the same data goes through the real collator and processor::
 
-    from storm_hf.temporal_qa import write_split
+    from storm_hf.miniature.temporal_qa import write_split
     path = write_split("data", "train", count=512)      # data/train.jsonl, data/train/000000.mp4, ...
 """
 

@@ -8,5 +8,5 @@ lmms-eval calls `manifests()` while it builds its model registry; the import of 
 def manifests():
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return [ModelManifest(model_id="storm", simple_class_path="storm_hf.lmms_eval_model.Storm",
+    return [ModelManifest(model_id="storm", simple_class_path="storm_hf.integrations.lmms_eval.Storm",
                           aliases=("storm_hf",))]

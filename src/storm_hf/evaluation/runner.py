@@ -37,40 +37,20 @@ from contextlib import contextmanager
 
 import torch
 
-from .demo import _TokenClock
-from .evaluation import (
+from ..inference import TokenClock, expanded_prompt_ids, following_the_model, set_token_reduction, video_outputs
+from .scoring import (
     _last_token_logprobs,
     _option_ids,
     _prompts_and_features,
     _question_text,
     _same,
     _sequence_loglikelihoods,
-    _video_outputs,
-    check_agreement,
-    expanded_prompt_ids,
     prompt_messages,
     reference_answer,
 )
 
 LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 SCORINGS = ("letter", "loglikelihood", "both")
-
-
-def set_token_reduction(model, processor, temporal_pool_k=None, spatial_pool_p=None, temporal_sample_s=None):
-    """Set STORM's token reduction (k, p, s; None keeps a value) on the model's config and on its processor
-    at once, so the processor's placeholder counts always match the visual tokens the model produces.
-    Returns the previous (k, p, s)."""
-    before = (model.config.temporal_pool_k, model.config.spatial_pool_p, model.config.temporal_sample_s)
-    values = {"temporal_pool_k": temporal_pool_k, "spatial_pool_p": spatial_pool_p,
-              "temporal_sample_s": temporal_sample_s}
-    for name, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        setattr(model.config, name, value)
-        setattr(processor, name, value)
-    return before
 
 
 def load_eval_records(path) -> list[dict]:
@@ -99,24 +79,6 @@ def load_eval_records(path) -> list[dict]:
                                              {"role": "assistant", "content": str(answer)}]}
         records.append(record)
     return records
-
-
-@contextmanager
-def following_the_model(model, processor, temporal_pool_k=None, spatial_pool_p=None, temporal_sample_s=None):
-    """For the block: the given k / p / s on the model, and the processor counting tokens as the model then
-    produces them (the model's config is the one setting: changing only ``model.config.temporal_sample_s``
-    is enough); both are put back afterwards."""
-    keep = ("temporal_pool_k", "spatial_pool_p", "temporal_sample_s")
-    processor_before = tuple(getattr(processor, name) for name in keep)
-    model_before = set_token_reduction(model, processor, temporal_pool_k, spatial_pool_p, temporal_sample_s)
-    try:
-        set_token_reduction(model, processor, *(getattr(model.config, name) for name in keep))
-        check_agreement(model, processor)  # the grid (image size, patch, pixel shuffle) must match too
-        yield
-    finally:
-        set_token_reduction(model, processor, *model_before)
-        for name, value in zip(keep, processor_before):
-            setattr(processor, name, value)
 
 
 def lettered_options(options) -> str:
@@ -172,10 +134,10 @@ def parse_letter(text: str, options) -> str | None:
 
 def _generate_timed(model, processor, prompt, features, max_new_tokens):
     """Greedy answer, (prefill seconds, seconds of the remaining new tokens)."""
-    clock = _TokenClock()
+    clock = TokenClock()
     ids = torch.tensor([prompt], device=model.device)
     start = time.perf_counter()
-    output = model.generate(input_ids=ids, mm_encoder_outputs=_video_outputs([features]), streamer=clock,
+    output = model.generate(input_ids=ids, mm_encoder_outputs=video_outputs([features]), streamer=clock,
                             max_new_tokens=max_new_tokens, do_sample=False)
     end = time.perf_counter()
     first = clock.times[1] if len(clock.times) > 1 else end  # times[0]: the prompt was put in
@@ -277,7 +239,7 @@ def run_evaluation(data, model=None, processor=None, model_name_or_path=None, vi
         raise ValueError(f"{data}: no records to evaluate.")
     video_root = os.path.dirname(os.path.abspath(data)) if video_root is None else video_root
     if model is None:
-        from .demo import load
+        from ..inference import load
 
         model, processor = load(model_name_or_path, device)
     model_name = model_name_or_path or getattr(model, "name_or_path", None) or "model"
@@ -337,7 +299,7 @@ def _batches(records, batch_size, done):
 @torch.no_grad()
 def _run(model, processor, records, video_root, frames, batch_size, scoring, max_new_tokens, checkpoint, prefetch,
          progress):
-    from .video_io import _progress_bar
+    from ..video_io import _progress_bar
 
     model.eval()
     todo = list(_batches(records, batch_size, checkpoint.done))

@@ -9,7 +9,7 @@ initialised (train them with the alignment stage). LLaVA-OneVision's SigLIP runs
 patch grid that a 2x2 pixel shuffle cannot split; the encoder's position embeddings are therefore
 interpolated (bicubic) to `--image-size` (448 by default: 32 x 32 patches, the paper's setting).
 
-    python -m storm_hf.convert_llava_onevision_to_storm LLAVA_PATH_OR_ID OUTPUT_DIR [--image-size 448]
+    python -m storm_hf.integrations.convert_llava_onevision LLAVA_PATH_OR_ID OUTPUT_DIR [--image-size 448]
         [--temporal-pool-k 4] [--temporal-num-layers 1]
 """
 
@@ -21,10 +21,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .configuration_storm import StormConfig
-from .modeling_storm import StormForConditionalGeneration
-from .processing_storm import StormProcessor
-from .video_processing_storm import StormVideoProcessor
+from ..configuration_storm import StormConfig
+from ..modeling_storm import StormForConditionalGeneration
+from ..processing_storm import StormProcessor
+from ..video_processing_storm import StormVideoProcessor
 
 
 def interpolate_position_embeddings(weight: torch.Tensor, new_grid: int) -> torch.Tensor:

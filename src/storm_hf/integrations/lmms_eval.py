@@ -1,6 +1,6 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
 """STORM as an lmms-eval model (lmms-eval 0.7.3; `pip install -e ".[lmms-eval]"` in its own environment, see
-the README). Registered by the entry point in `storm_hf.lmms_eval_entry`:
+the README). Registered by the entry point in `storm_hf.integrations.lmms_eval_entry`:
 
     python -m lmms_eval --model storm --model_args pretrained=PATH_OR_HUB_ID,num_frames=16 --tasks TASK ...
 
@@ -24,9 +24,7 @@ import torch
 from lmms_eval.api.instance import GenerationResult
 from lmms_eval.api.model import lmms
 
-from .demo import load
-from .eval_runner import set_token_reduction
-from .evaluation import _video_outputs, expanded_prompt_ids
+from ..inference import expanded_prompt_ids, load, set_token_reduction, video_outputs
 
 
 class Storm(lmms):
@@ -81,7 +79,7 @@ class Storm(lmms):
             if not tokens:
                 raise ValueError(f"The continuation {continuation!r} tokenizes to nothing.")
             ids = torch.tensor([prompt + tokens], device=self.model.device)
-            logits = self.model(input_ids=ids, mm_encoder_outputs=_video_outputs([features])).logits[0]
+            logits = self.model(input_ids=ids, mm_encoder_outputs=video_outputs([features])).logits[0]
             logprobs = torch.log_softmax(logits[len(prompt) - 1 : -1].float(), dim=-1)  # (len(tokens), vocab)
             target = torch.tensor(tokens, device=self.model.device)
             total = float(logprobs[torch.arange(len(tokens)), target].sum())
@@ -100,7 +98,7 @@ class Storm(lmms):
             sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
             ids = torch.tensor([prompt], device=self.model.device)
             output = self.model.generate(
-                input_ids=ids, mm_encoder_outputs=_video_outputs([features]),
+                input_ids=ids, mm_encoder_outputs=video_outputs([features]),
                 max_new_tokens=int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)), **sampling)
             text = self.processor.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
             until = gen_kwargs.get("until") or []

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .demo import SampledVideo, _unknown_words, ask, load
+from ..inference import SampledVideo, ask, following_the_model, load, unknown_words
+from ..miniature import DEMO_CLIPS
 
-EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled", "demo-clips")
+EXAMPLES_DIR = DEMO_CLIPS  # the page's example clips, bundled with the miniature model
 DEFAULT_FRAME_BUDGET = 64  # frames sampled at most per video, unless --max-frames says otherwise
 DEFAULT_MAX_UPLOAD_MB = 500  # an upload's size at most, in MB (2**20 bytes), unless --max-upload-mb says otherwise
 # The page's ranges for the other settings (the frame count's is 1 .. the frame budget; p's is 1 .. the grid).
@@ -56,7 +57,7 @@ def write_example_clips(folder, model, processor, tasks=("direction", "flash_cou
     """Write one held-out benchmark clip per task that ``model`` answers right, ``scale`` times larger (so a
     browser shows more than a stamp; the processor scales it back down) in H.264 4:2:0, which browsers play,
     and ``clips.json``. Rebuilds the bundled examples: ``write_example_clips(EXAMPLES_DIR, *load())``."""
-    from .temporal_qa import clip_rng, make_clip, write_video
+    from ..miniature.temporal_qa import clip_rng, make_clip, write_video
 
     os.makedirs(folder, exist_ok=True)
     clips = []
@@ -71,7 +72,7 @@ def write_example_clips(folder, model, processor, tasks=("direction", "flash_cou
         else:
             raise RuntimeError(f"write_example_clips: the model answers none of 50 {task} clips right.")
         clips.append({"video": f"{task}.mp4", "question": clip.question, "answer": clip.answer, "task": task,
-                      "source": f"storm_hf.temporal_qa test split, seed {seed}, clip {number}, x{scale}"})
+                      "source": f"storm_hf.miniature.temporal_qa test split, seed {seed}, clip {number}, x{scale}"})
     with open(os.path.join(folder, "clips.json"), "w", encoding="utf-8") as f:
         json.dump(clips, f, indent=1)
     return clips
@@ -205,7 +206,7 @@ def _timings_table(seconds: dict, new_tokens: int) -> str:
 
 def _readable(error: BaseException, request: Request) -> str:
     """The message the page shows for ``error``: the reason, with the upload's server path cut to its name."""
-    from .video_io import VideoReadError
+    from ..video_io import VideoReadError
 
     text = str(error)
     if request.video:
@@ -222,7 +223,7 @@ def _readable(error: BaseException, request: Request) -> str:
 def describe_upload(path) -> tuple[str, bool]:
     """What the page says about a file just uploaded, before any question: its length, frames and size, or why
     it cannot be read as a video; and whether it is a video a player could show (not a still image)."""
-    from .video_io import VideoReadError, probe_video
+    from ..video_io import VideoReadError, probe_video
 
     if not path:
         return "", False
@@ -244,7 +245,6 @@ def answer_updates(model, processor, request: Request, lock: threading.Lock, bud
     token counts, the answer token by token, and at the end the time per stage. A request that cannot be
     answered ends with ``failed`` set and a message in ``status``; nothing is raised, and the model is left as
     it was for the next request. ``lock``: held while the model works (its k / p / s are set per request)."""
-    from .eval_runner import following_the_model
 
     page = Page(status="Waiting for the model…")
     try:
@@ -285,7 +285,7 @@ def answer_updates(model, processor, request: Request, lock: threading.Lock, bud
 
     threading.Thread(target=work, name="storm-hf-web-answer", daemon=True).start()
     notes, shown_at = [], 0.0
-    unknown = _unknown_words(processor, request.question)
+    unknown = unknown_words(processor, request.question)
     if unknown:
         notes.append(f"The tokenizer does not know {', '.join(unknown)}; this model may not understand them.")
     while True:
@@ -369,7 +369,7 @@ def build_demo(model_name_or_path=None, model=None, processor=None, budget: int 
         raise ValueError(f"The frame budget must be at least 1 frame, got {budget}.")
     c = model.config
     lock = threading.Lock()
-    shown_name = model_name_or_path or "the bundled miniature model (trained on storm_hf.temporal_qa)"
+    shown_name = model_name_or_path or "the bundled miniature model (trained on storm_hf.miniature.temporal_qa)"
     default_frames = min(budget, processor.video_processor.num_frames or 16)
 
     def respond(video, question, sample_by, num_frames, fps, k, p, s):

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..inference import check_agreement, expanded_prompt_ids, following_the_model, video_outputs
+
 
 @dataclass
 class EvaluationResult:
@@ -102,12 +104,11 @@ def evaluate_strides(model, processor, records, strides, video_root: str = ".", 
     """`evaluate` at several test-time temporal sampling strides ``s``, decoding each video once:
     {s: EvaluationResult}. The processor counts tokens as the model's config says (k, p, s), the model's and
     the processor's ``temporal_sample_s`` are set for each stride, and both are put back afterwards."""
-    from .training import load_video_dataset
+    from ..training.data import load_video_dataset
 
     if isinstance(records, (str, os.PathLike)):
         dataset = load_video_dataset(records)
         records = [dataset[i] for i in range(len(dataset))]
-    from .eval_runner import following_the_model
 
     model.eval()
     results = {s: EvaluationResult() for s in strides}
@@ -149,18 +150,6 @@ def _score_batch(model, processor, batch, start, prompts, features, max_new_toke
         result.predictions.append(entry)
 
 
-def check_agreement(model, processor):
-    """Raise a ValueError unless the processor counts visual tokens as the model produces them."""
-    c = model.config
-    ours = (c.grid_size, c.temporal_pool_k, c.spatial_pool_p, c.temporal_sample_s)
-    theirs = (processor.grid_size, processor.temporal_pool_k, processor.spatial_pool_p, processor.temporal_sample_s)
-    if ours != theirs:
-        raise ValueError(
-            f"The processor counts visual tokens for (grid, k, p, s) = {theirs} but the model produces {ours}; "
-            "make them agree (StormProcessor.from_config(model.config, ...) or set both)."
-        )
-
-
 def _question_text(record: dict) -> str:
     texts = [item.get("text", "") for m in prompt_messages(record) for item in m["content"] if item["type"] == "text"]
     return " ".join(t.strip() for t in texts if t.strip())
@@ -197,16 +186,6 @@ def _decode(model, processor, records, video_root, num_frames):
     return texts, pixels, [int(n) for n in decoded["video_num_frames"]], owners
 
 
-def expanded_prompt_ids(processor, text: str, frame_count: int | None) -> list[int]:
-    """Token ids of a prompt, as the processor tokenizes it, whose one video placeholder becomes the processor's
-    token count for ``frame_count`` frames (None: a prompt without a video)."""
-    if frame_count is not None:
-        if text.count(processor.video_token) != 1:
-            raise ValueError("A record to evaluate with a video needs exactly one video placeholder in its prompt.")
-        text = text.replace(processor.video_token, processor.video_token * processor.num_visual_tokens(frame_count))
-    return processor.tokenizer(text)["input_ids"]
-
-
 def _prompts_and_features(model, processor, texts, pixels, counts, owners):
     """Prompt ids with each placeholder expanded to the processor's token count at its current settings, and
     the videos' features from the model at its current settings."""
@@ -220,20 +199,13 @@ def _prompts_and_features(model, processor, texts, pixels, counts, owners):
     return ids, features
 
 
-def _video_outputs(features):
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-    clips = [f for f in features if f is not None]
-    return {"video": BaseModelOutputWithPooling(pooler_output=clips)} if clips else None
-
-
 def _last_token_logprobs(model, processor, prompts, features) -> list[torch.Tensor]:
     """Log-probabilities of the next token after each prompt (one left-padded forward pass)."""
     length = max(len(p) for p in prompts)
     pad = processor.tokenizer.pad_token_id or 0
     ids = torch.tensor([[pad] * (length - len(p)) + p for p in prompts], device=model.device)
     mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-    logits = model(input_ids=ids, attention_mask=mask, mm_encoder_outputs=_video_outputs(features),
+    logits = model(input_ids=ids, attention_mask=mask, mm_encoder_outputs=video_outputs(features),
                    logits_to_keep=1).logits[:, -1]  # (records, vocab)
     return list(torch.log_softmax(logits.float(), dim=-1))
 
@@ -247,7 +219,7 @@ def _sequence_loglikelihoods(model, processor, prompt, features, options, option
     mask = torch.tensor([[1] * (len(prompt) + len(t)) + [0] * (length - len(prompt) - len(t)) for t in option_ids],
                         device=model.device)
     logits = model(input_ids=rows, attention_mask=mask,
-                   mm_encoder_outputs=_video_outputs([features] * len(option_ids))).logits
+                   mm_encoder_outputs=video_outputs([features] * len(option_ids))).logits
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # (options, length, vocab)
     scores = {}
     for row, (option, tokens) in enumerate(zip(options, option_ids)):
@@ -258,7 +230,7 @@ def _sequence_loglikelihoods(model, processor, prompt, features, options, option
 
 def _generate(model, processor, prompt, features, max_new_tokens) -> str:
     ids = torch.tensor([prompt], device=model.device)
-    output = model.generate(input_ids=ids, mm_encoder_outputs=_video_outputs([features]),
+    output = model.generate(input_ids=ids, mm_encoder_outputs=video_outputs([features]),
                             max_new_tokens=max_new_tokens, do_sample=False)
     return processor.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip()
 

@@ -39,7 +39,7 @@ default linear decay; a constant schedule extends fine), unless `extend_schedule
 gradient accumulation, number of processes, learning rate or its schedule, weight decay, optimizer, seed,
 num_frames or stage, unless `resume_with_changes: true`. `resume: false` trains from the start instead.
 
-Under `accelerate launch --multi_gpu --num_processes N -m storm_hf.train CONFIG` the same job runs data-parallel
+Under `accelerate launch --multi_gpu --num_processes N -m storm_hf train CONFIG` the same job runs data-parallel
 (DDP), with per_device_train_batch_size per process; DeepSpeed ZeRO and FSDP are accelerate configurations
 (`accelerate config`; see the README's "Fine-tuning").
 """
@@ -106,7 +106,7 @@ def validate_config(config) -> dict:
 
     from transformers import TrainingArguments
 
-    from .training import STAGES
+    from .data import STAGES
 
     def unknown(keys, known, where):
         for key in keys:
@@ -183,7 +183,7 @@ class TrainingRun:
 def no_weight_decay_parameter_names(model) -> set[str]:
     """Names of the SSM parameters that take no weight decay (mamba_ssm's `_no_weight_decay`): every mixer's
     `A_log` and `D`, found by module type so that a reload or a PEFT wrapper cannot lose the mark."""
-    from .modeling_storm import StormMambaMixer
+    from ..modeling_storm import StormMambaMixer
 
     names = set()
     for module_name, module in model.named_modules():
@@ -196,7 +196,7 @@ class StormTrainer(Trainer):
     """transformers' Trainer whose weight decay skips, besides norms and biases (Trainer's own rule), the
     SSM's `A_log` and `D`, as mamba_ssm trains them. `storm-hf train` uses it; so can your own scripts.
 
-    Its checkpoints can be told whole from half-written ones (see `storm_hf.training_checkpoints`): saving
+    Its checkpoints can be told whole from half-written ones (see `storm_hf.training.checkpoints`): saving
     over an existing `checkpoint-N` folder first removes its trainer_state.json (Trainer writes it last),
     each checkpoint gets a plan record (`storm_train_plan.json`: `train_plan` plus the TrainingArguments
     that shape the weights), and its files are fsynced once the save is done. `schedule_check`, when set, is
@@ -219,7 +219,7 @@ class StormTrainer(Trainer):
     def _save_checkpoint(self, model, trial):
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-        from .training_checkpoints import invalidate_checkpoint, sync_folder
+        from .checkpoints import invalidate_checkpoint, sync_folder
 
         folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save and os.path.isdir(folder):
@@ -240,7 +240,7 @@ class StormTrainer(Trainer):
         if self.args.world_size > 1:
             self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            from .training_checkpoints import PLAN_NAME, training_plan, write_json_atomically
+            from .checkpoints import PLAN_NAME, training_plan, write_json_atomically
 
             plan = training_plan(self.args, **(self.train_plan or {}))
             write_json_atomically(os.path.join(output_dir, PLAN_NAME), plan)
@@ -256,7 +256,7 @@ def _require_training_packages():
 
 
 def _checkpoint_state(checkpoint: str) -> dict:
-    from .training_checkpoints import STATE_NAME, read_json
+    from .checkpoints import STATE_NAME, read_json
 
     state = read_json(os.path.join(checkpoint, STATE_NAME))
     return state if isinstance(state, dict) else {}
@@ -266,7 +266,7 @@ def _final_weights_present(output_dir: str) -> bool:
     """Whether output_dir holds the final weights of a finished run: its finished record
     (storm_train_finished.json, written after the weights) is there and the weight files it lists are too,
     whole. Weights without it are a final save that was cut short."""
-    from .training_checkpoints import finished_record
+    from .checkpoints import finished_record
 
     return finished_record(output_dir) is not None
 
@@ -308,7 +308,7 @@ class _StartsTraining(TrainerCallback):
         self.output_dir = output_dir
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from .training_checkpoints import clear_finished
+        from .checkpoints import clear_finished
 
         if state.is_world_process_zero:
             clear_finished(self.output_dir)
@@ -318,7 +318,7 @@ def _schedule_check(checkpoint: str, state: dict, args, extend: bool, say):
     """The check StormTrainer runs with the number of steps this run plans, before it builds the scheduler:
     a resume is refused (unless `extend`) when the checkpoint's steps used learning rates that a straight run
     of the new plan would not use (see training_checkpoints.changed_rate_step)."""
-    from .training_checkpoints import changed_rate_step, describe_plan, read_plan
+    from .checkpoints import changed_rate_step, describe_plan, read_plan
 
     step, old_total = int(state.get("global_step", 0)), int(state.get("max_steps", 0))
     old_plan = describe_plan(read_plan(checkpoint), old_total)
@@ -363,11 +363,11 @@ def train(config: dict, callbacks=None):
     _require_training_packages()
     from transformers import TrainingArguments, set_seed
 
-    from .modeling_storm import StormForConditionalGeneration
-    from .processing_storm import StormProcessor
-    from .training import (StormDataCollator, apply_training_stage, freeze_parts, load_video_dataset,
+    from ..modeling_storm import StormForConditionalGeneration
+    from ..processing_storm import StormProcessor
+    from .data import (StormDataCollator, apply_training_stage, freeze_parts, load_video_dataset,
                            trainable_parameters)
-    from .training_checkpoints import save_final_outputs
+    from .checkpoints import save_final_outputs
 
     training = dict(config.get("training", {}))
     if "output_dir" not in training:
@@ -383,7 +383,7 @@ def train(config: dict, callbacks=None):
     say = print if main_process else (lambda *a, **k: None)
     run = TrainingRun(output_dir=os.path.abspath(args.output_dir))
 
-    from .training_checkpoints import (changed_settings, checkpoint_problem, finished_record,
+    from .checkpoints import (changed_settings, checkpoint_problem, finished_record,
                                        last_complete_checkpoint, read_plan, training_plan)
 
     plan = training_plan(args, stage=stage, num_frames=config.get("num_frames"))
@@ -473,14 +473,12 @@ def train(config: dict, callbacks=None):
 
 
 def main(argv=None):
-    """`storm-hf` (see `storm_hf.cli`); kept here so that `python -m storm_hf.train CONFIG` and
-    `accelerate launch -m storm_hf.train CONFIG` work."""
-    from .cli import main as cli
+    """`storm-hf train CONFIG` (the command is `storm_hf.apps.cli`, which turns input errors into one line and exit
+    status 2): parses the arguments, reads the config and runs `train`; returns the `TrainingRun`."""
+    import argparse
 
-    return cli(argv)
-
-
-if __name__ == "__main__":
-    import sys
-
-    raise SystemExit(main(["train", *sys.argv[1:]] if len(sys.argv) > 1 and sys.argv[1] != "train" else None))
+    parser = argparse.ArgumentParser(prog="storm-hf train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="the job: a JSON file, or YAML (.yaml / .yml), with the keys above")
+    args = parser.parse_args(argv)
+    return train(load_config(args.config))

@@ -1,5 +1,5 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
-"""The miniature STORM of the temporal video-QA benchmark (`storm_hf.temporal_qa`), and the trained one that
+"""The miniature STORM of the temporal video-QA benchmark (`storm_hf.miniature.temporal_qa`), and the trained one that
 ships with the package.
 
 `BUNDLED_MODEL` is the folder of a small STORM (bidirectional Mamba temporal encoder, temporal pooling k = 4)
@@ -26,9 +26,11 @@ import os
 
 import torch
 
-from .configuration_storm import StormConfig
+from ..configuration_storm import StormConfig
 
 BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled", "storm-mini-temporal-qa")
+# The web page's example clips (generated held-out clips of the benchmark, with their questions in clips.json).
+DEMO_CLIPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled", "demo-clips")
 
 # The arms of the benchmark table: the VILA-style baseline (no temporal encoder: projector tokens go straight
 # to the reduction), STORM (bidirectional, the paper's main model) and STORM's forward-only variant.
@@ -50,7 +52,7 @@ INITIALIZER_RANGE = 0.1
 def mini_config(arm: str = "storm", temporal_pool_k: int = 4, spatial_pool_p: int = 1, **overrides) -> StormConfig:
     """The miniature layout: 48 px frames in 6 px patches (8 x 8, pixel-shuffled to 4 x 4 = 16 tokens per
     frame), a 2-layer SigLIP-style encoder and a 2-layer Qwen2-style LLM of width 64, a 1-layer temporal
-    encoder (d_state 8, no final norm), the tiny layout's 512-token vocabulary (`storm_hf.tiny`)."""
+    encoder (d_state 8, no final norm), the tiny layout's 512-token vocabulary (`storm_hf.miniature.tiny`)."""
     if arm not in ARMS:
         raise ValueError(f"Unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
     fields = {
@@ -89,7 +91,7 @@ def mini_tokenizer():
 def new_model(config: StormConfig, seed: int = 0):
     """A freshly initialised model of ``config`` (seeded), with the position embeddings of its image encoder
     at `POSITION_EMBEDDING_STD` (see the comment there)."""
-    from .modeling_storm import StormForConditionalGeneration
+    from ..modeling_storm import StormForConditionalGeneration
 
     torch.manual_seed(seed)
     model = StormForConditionalGeneration(config)
@@ -114,8 +116,8 @@ def build_initial_checkpoint(output_dir, config: StormConfig, seed: int = 0, num
     LoRA adapter's does; the rest of the encoder keeps mamba_ssm's initialisation. The paper trains its
     randomly initialised encoder from the start of its alignment stage instead; here a baseline and a STORM
     arm fine-tuned from the same image model then begin from the same function."""
-    from .processing_storm import StormProcessor
-    from .video_processing_storm import StormVideoProcessor
+    from ..processing_storm import StormProcessor
+    from ..video_processing_storm import StormVideoProcessor
 
     model = new_model(config, seed)
     if weights_from is not None:
@@ -168,5 +170,5 @@ def _load_all_but_temporal_encoder(model, folder):
                          f"missing: {missing or 'none'}; unexpected: {unexpected or 'none'}).")
 
 
-__all__ = ["BUNDLED_MODEL", "ARMS", "mini_config", "mini_tokenizer", "new_model", "build_initial_checkpoint",
+__all__ = ["BUNDLED_MODEL", "DEMO_CLIPS", "ARMS", "mini_config", "mini_tokenizer", "new_model", "build_initial_checkpoint",
            "zero_residual_outputs"]

@@ -1,5 +1,5 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
-"""What `storm-hf train` needs to resume exactly and to survive a kill (used by storm_hf.train).
+"""What `storm-hf train` needs to resume exactly and to survive a kill (used by storm_hf.training.job).
 
 * The plan record: every checkpoint gets `storm_train_plan.json`, the settings that shape the trained weights
   (max_steps, epochs, batch size, accumulation, world size, learning rate and schedule, seed, num_frames,
@@ -186,23 +186,23 @@ def checkpoint_problem(folder: str, model_only: bool = False) -> str | None:
         weights = [name for name in ("model.safetensors", "adapter_model.safetensors") if name in files]
     if not weights:
         return "no model weights"
-    for name in weights:
-        if name not in files:
-            return f"no {name}"
-        problem = _safetensors_problem(os.path.join(folder, name))
-        if problem:
-            return problem
-    if model_only or plan.get("save_only_model"):
-        return None
+    problem = _first_problem(folder, files, weights, _safetensors_problem)
+    if problem or model_only or plan.get("save_only_model"):
+        return problem
     world_size = plan.get("world_size") or 1
     rng = ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{i}.pth" for i in range(world_size)]
     if world_size <= 1 and "rng_state.pth" not in files:
         rng = sorted(name for name in files if re.fullmatch(r"rng_state_\d+\.pth", name)) or rng
     archives = ["optimizer.pt", "scheduler.pt", *rng, *(["scaler.pt"] if "scaler.pt" in files else [])]
-    for name in archives:
+    return _first_problem(folder, files, archives, _archive_problem)
+
+
+def _first_problem(folder, files, names, check) -> str | None:
+    """The first of ``names`` missing from ``files`` or whose file ``check`` finds wrong, said in words; or None."""
+    for name in names:
         if name not in files:
             return f"no {name}"
-        problem = _archive_problem(os.path.join(folder, name))
+        problem = check(os.path.join(folder, name))
         if problem:
             return problem
     return None

@@ -1,0 +1,186 @@
+# Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
+"""`storm-hf demo`: ask a STORM model about a video and show what it saw and where the time went.
+
+    storm-hf demo                                   # a few held-out benchmark clips: question, expected, given
+    storm-hf demo --task order_in_window --seed 3   # one generated benchmark clip, with the full report
+    storm-hf demo --video clip.mp4 --question "which way does the white square move ?"
+    storm-hf demo --video https://example.com/clip.mp4 --question "what happens ?"   # a URL is downloaded first
+    storm-hf demo --web [--port 7860]              # the same on a web page (needs Gradio, see --web)
+
+The model is the bundled one (`storm_hf.miniature.BUNDLED_MODEL`, trained on `storm_hf.miniature.temporal_qa`) unless
+``--model`` names another checkpoint folder or Hub id. The report gives the answer, the frames sampled with
+their timestamps, the visual tokens before and after token reduction, and the time of each stage (video
+decode, vision tower, projector, temporal encoder, token reduction, LLM prefill, decode), each stage run by
+the model's own stage methods (`StormModel.vision_patch_features`, `projector`, `encode_in_time`, `reduce_tokens`)
+and the LLM through `generate()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import tempfile
+
+import torch
+
+from ..inference import DemoAnswer, SampledVideo, ask, load, sample_video, set_sampling_stride, unknown_words
+
+
+def _report(result: DemoAnswer, model, header: str):
+    c = model.config
+    print(header)
+    print(f"answer: {result.answer}")
+    shown = ", ".join(f"{i} ({t:.2f} s)" for i, t in zip(result.frame_indices, result.timestamps)) or \
+        ", ".join(map(str, result.frame_indices))
+    print(f"frames sampled ({len(result.frame_indices)}): {shown}")
+    print(f"visual tokens: {result.tokens_before} before reduction ({len(result.frame_indices)} frames x "
+          f"{c.tokens_per_frame}), {result.tokens_after} after (temporal pool k={c.temporal_pool_k}, spatial pool "
+          f"p={c.spatial_pool_p}, sampling s={c.temporal_sample_s}): {result.tokens_before / result.tokens_after:.1f}x "
+          "fewer")
+    print("time per stage:")
+    for stage, value in result.seconds.items():
+        after = result.new_tokens - 1
+        extra = f" ({after} token{'' if after == 1 else 's'} after the first)" if stage == "decode" else ""
+        print(f"  {stage:18s} {value * 1000:8.1f} ms{extra}")
+
+
+def _held_out_clips(count: int, seed: int):
+    from ..miniature.temporal_qa import TASKS, clip_rng, make_clip
+
+    return [make_clip(clip_rng("test", seed, i), TASKS[i % len(TASKS)]) for i in range(count)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="storm-hf demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint folder or Hub id (default: the bundled model)")
+    parser.add_argument("--video", help="a video file (any container / codec PyAV reads) or a still image, as a "
+                        "path or an http(s):// or file:// URL (downloaded first)")
+    parser.add_argument("--question", help="the question (needed with --video; with --task it replaces the "
+                        "clip's own)")
+    parser.add_argument("--task", help="generate one held-out benchmark clip of this question type")
+    parser.add_argument("--seed", type=int, default=0, help="which generated clip (with --task, or without arguments)")
+    parser.add_argument("--clips", type=int, default=7, help="held-out clips to run without arguments (default 7)")
+    parser.add_argument("--num-frames", type=int, help="frames sampled from the video (default: the processor's)")
+    parser.add_argument("--sampling-stride", type=int, help="test-time temporal sampling s (model and processor)")
+    parser.add_argument("--max-new-tokens", type=int, help="answer length at most (default 8; 64 with --web)")
+    web = parser.add_argument_group("web page (storm_hf.apps.web_demo)")
+    web.add_argument("--web", action="store_true", help="serve the Gradio page instead (needs Gradio: pip install "
+                     "-e \".[demo]\" in the repository root, or pip install \"gradio>=6,<7\")")
+    web.add_argument("--port", type=int, help="the page's port (default: Gradio's, 7860, or GRADIO_SERVER_PORT)")
+    web.add_argument("--host", help="the address to serve on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    web.add_argument("--max-frames", type=int, help="the page's frame budget: frames sampled at most per video "
+                     "(default 64)")
+    web.add_argument("--max-upload-mb", type=float, help="the largest upload the page takes, in MB (default 500), "
+                     "so that one upload cannot fill the server's disk")
+    args = parser.parse_args(argv)
+    if args.question is not None and not args.question.strip():
+        parser.error("--question is empty: give a question about the video")
+    if args.web:
+        if args.video or args.task:
+            parser.error("--web serves a page where videos are uploaded: give --video or --task without --web")
+        if args.question:
+            parser.error("--web serves a page where questions are typed: give --question with --video, not --web")
+        try:
+            from .web_demo import DEFAULT_FRAME_BUDGET, DEFAULT_MAX_UPLOAD_MB, _gradio, launch, upload_limit_bytes
+
+            _gradio()
+        except ImportError as error:
+            parser.error(str(error))
+        max_upload_mb = DEFAULT_MAX_UPLOAD_MB if args.max_upload_mb is None else args.max_upload_mb
+        try:
+            upload_limit_bytes(max_upload_mb)
+        except ValueError as error:
+            parser.error(f"--max-upload-mb: {error}")
+        return launch(args.model, port=args.port, host=args.host,
+                      budget=DEFAULT_FRAME_BUDGET if args.max_frames is None else args.max_frames,
+                      max_new_tokens=64 if args.max_new_tokens is None else args.max_new_tokens,
+                      max_upload_mb=max_upload_mb)
+    if args.max_upload_mb is not None:
+        parser.error("--max-upload-mb caps the web page's uploads: give it with --web")
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 8
+    if args.video and args.task:
+        parser.error("give --video or --task, not both")
+    if args.video and not args.question:
+        parser.error("--video needs --question")
+    if args.question and not args.video and not args.task:
+        parser.error("--question needs --video (the video to ask about), or --task for a generated clip")
+    if args.video:
+        from ..video_io import VideoReadError, _file_url_path, _url_scheme, check_url
+
+        try:
+            check_url(args.video)  # a URL of a scheme we do not read is refused before the model loads
+        except VideoReadError as error:
+            parser.error(f"--video {error}")
+        scheme = _url_scheme(args.video)
+        if scheme in (None, "file") and not os.path.exists(_file_url_path(args.video) if scheme else args.video):
+            parser.error(f"--video {args.video}: no such file")
+    torch.manual_seed(0)
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars in the report (decoding a long video keeps its bar)
+    try:
+        model, processor = load(args.model)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+    if args.sampling_stride is not None:
+        set_sampling_stride(model, processor, args.sampling_stride)
+    name = args.model or "the bundled model (storm_hf.miniature.BUNDLED_MODEL)"
+    print(f"model: {name}")
+
+    if args.video or args.task:
+        with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as downloads:
+            if args.video:
+                from ..video_io import local_source
+
+                video = downloads.enter_context(local_source(args.video))  # a URL: one download for both runs
+                question, expected = args.question, None
+            else:
+                from ..miniature.temporal_qa import TASKS, clip_rng, make_clip, write_video
+
+                if args.task not in TASKS:
+                    parser.error(f"--task must be one of {', '.join(TASKS)}")
+                clip = make_clip(clip_rng("test", args.seed, 0), args.task)
+                video = write_video(os.path.join(folder, "clip.mp4"), clip.frames)
+                question, expected = args.question or clip.question, None if args.question else clip.answer
+            unknown = unknown_words(processor, question)
+            if unknown:
+                print(f"note: the tokenizer does not know {', '.join(unknown)}; this model was trained on its "
+                      "benchmark's words only")
+            ask(model, processor, video, question, args.num_frames, args.max_new_tokens)  # warm-up
+            result = ask(model, processor, video, question, args.num_frames, args.max_new_tokens)
+            header = f"video: {args.video or f'generated {args.task} clip (test split, seed {args.seed})'}\n" \
+                     f"question: {question}" + (f"\nexpected: {expected}" if expected else "")
+            _report(result, model, header)
+        return result
+
+    clips = _held_out_clips(args.clips, args.seed)
+    results, correct = [], 0
+    with tempfile.TemporaryDirectory() as folder:
+        from ..miniature.temporal_qa import write_video
+
+        for number, clip in enumerate(clips):
+            video = write_video(os.path.join(folder, f"{number}.mp4"), clip.frames)
+            if number == 0:
+                ask(model, processor, video, clip.question, args.num_frames, args.max_new_tokens)  # warm-up
+            result = ask(model, processor, video, clip.question, args.num_frames, args.max_new_tokens)
+            results.append(result)
+            correct += result.answer == clip.answer
+            print(f"[{clip.task}] {clip.question}\n    expected: {clip.answer:10s} given: {result.answer}"
+                  f"{'' if result.answer == clip.answer else '   (wrong)'}")
+    print(f"{correct} of {len(clips)} correct (held-out test clips, seed {args.seed})")
+    first = results[0]
+    print(f"visual tokens per clip: {first.tokens_before} before reduction, {first.tokens_after} after "
+          f"({first.tokens_before / first.tokens_after:.1f}x fewer)")
+    print(f"time per stage, median over the {len(results)} clips:")
+    for stage in first.seconds:
+        print(f"  {stage:18s} {statistics.median(r.seconds[stage] for r in results) * 1000:8.1f} ms")
+    return results
+
+
+__all__ = ["ask", "load", "sample_video", "set_sampling_stride", "DemoAnswer", "SampledVideo", "main"]
