@@ -98,3 +98,16 @@ def test_compile_benchmark_quick_compiles_and_exports_both_models(tmp_path):
         if kind != "eager":  # the compiled graph and the exported program give eager's logits
             assert row["max_diff"] < 1e-5, (model, kind, row)
     assert "| storm |" in result.stdout and "compile first forward, storm / llava-onevision" in result.stdout
+
+
+def test_temporal_diagnostics_and_probe_run():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "temporal_diagnostics.py"), "--clips", "2",
+                             "--max-distance", "2"], capture_output=True, text=True, env=OFFLINE, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "cross-frame reach" in result.stdout and "    0   forward" in result.stdout
+    assert all(task in result.stdout for task in ("colour_change", "pair_in_window", "order_in_window"))
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "temporal_probe.py"), "--quick"], env=OFFLINE,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("colour_change"))
+    assert len([cell for cell in row.split() if cell.startswith("0.") or cell == "1.000"]) == 6  # one per arm

@@ -253,3 +253,75 @@ def test_inference_in_chunks_equals_one_call(layout):
     torch.testing.assert_close(chunked(tokens).detach(), reference, rtol=1e-5, atol=1e-5)  # with gradients
     with pytest.raises(ValueError, match="temporal_inference_chunk_tokens must be a positive integer or None"):
         tiny_config(temporal_inference_chunk_tokens=0)
+
+
+def test_scan_order_regroups_the_grid_and_back():
+    from storm_hf.modeling_storm import change_scan_order
+
+    x = torch.arange(3 * 4, dtype=torch.float32).view(1, 12, 1)  # 3 frames of 4 tokens, raster
+    time_major = change_scan_order(x, 4, "time_major")
+    assert time_major.flatten().tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
+    assert torch.equal(change_scan_order(time_major, 4, "raster"), x)
+    with pytest.raises(ValueError, match="needs tokens_per_frame"):
+        change_scan_order(x, None, "time_major")
+    with pytest.raises(ValueError, match="not whole frames of 5 tokens"):
+        change_scan_order(x, 5, "time_major")
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_a_time_major_layer_is_the_raster_layer_on_the_regrouped_clip(bidirectional):
+    """Same weights: the time-major encoder's output is the raster encoder's on the clip regrouped by position,
+    regrouped back; "alternating" scans raster first, then time-major; time-major layers do not stream."""
+    from storm_hf.modeling_storm import change_scan_order
+
+    frames, tokens = 6, 4
+    raster = StormTemporalEncoder(tiny_config(temporal_num_layers=2, temporal_bidirectional=bidirectional)).eval()
+    for order, expected in (("time_major", ["time_major"] * 2), ("alternating", ["raster", "time_major"])):
+        other = StormTemporalEncoder(tiny_config(temporal_num_layers=2, temporal_bidirectional=bidirectional,
+                                                 temporal_scan_order=order)).eval()
+        other.load_state_dict(raster.state_dict())
+        assert other.scan_orders == expected
+        x = torch.randn(2, frames * tokens, raster.layers[0].norm.normalized_shape[0])
+        with torch.no_grad():
+            if order == "time_major":
+                reference = change_scan_order(raster(change_scan_order(x, tokens, "time_major")), tokens, "raster")
+            else:
+                first = raster.layers[0](x)
+                second = change_scan_order(raster.layers[1](change_scan_order(first, tokens, "time_major")), tokens,
+                                           "raster")
+                reference = second if raster.norm is None else raster.norm(second)
+            torch.testing.assert_close(other(x, tokens), reference)
+        with pytest.raises(ValueError, match="needs tokens_per_frame"):
+            other(x)
+        if not bidirectional:
+            with pytest.raises(ValueError, match="cannot stream"):
+                other.stream(x)
+
+
+def test_a_time_major_encoder_tells_the_order_inside_a_pooling_window():
+    """Swapping two frames inside one k = 4 window changes the pooled tokens of a time-major STORM."""
+    from storm_hf import StormForConditionalGeneration
+
+    model = StormForConditionalGeneration(tiny_config(temporal_scan_order="time_major", temporal_pool_k=4)).eval()
+    frames = torch.rand(1, 8, 3, model.config.vision_config.image_size, model.config.vision_config.image_size)
+    swapped = frames[:, [1, 0, 2, 3, 4, 5, 6, 7]]
+    with torch.no_grad():
+        a, b = (model.model.get_video_features(f).pooler_output[0] for f in (frames, swapped))
+    assert not torch.allclose(a, b, atol=1e-6)
+
+
+def test_dt_settings_reach_every_mixer_and_bad_values_are_refused():
+    config = tiny_config(temporal_dt_min=0.05, temporal_dt_max=0.2, temporal_dt_init="constant", temporal_dt_scale=2.0)
+    encoder = StormTemporalEncoder(config)
+    for layer in encoder.layers:
+        for mixer in (layer.forward_mixer, layer.backward_mixer):
+            dt = torch.nn.functional.softplus(mixer.dt_proj.bias)
+            assert 0.05 - 1e-6 <= dt.min() and dt.max() <= 0.2 + 1e-6
+            expected = mixer.dt_rank**-0.5 * 2.0
+            torch.testing.assert_close(mixer.dt_proj.weight, torch.full_like(mixer.dt_proj.weight, expected))
+    for bad, message in (({"temporal_scan_order": "zigzag"}, "temporal_scan_order"),
+                         ({"temporal_dt_min": 0.2, "temporal_dt_max": 0.1}, "is above temporal_dt_max"),
+                         ({"temporal_dt_max": -1.0}, "temporal_dt_max must be a positive number"),
+                         ({"temporal_dt_init": "zeros"}, "temporal_dt_init")):
+        with pytest.raises(ValueError, match=message):
+            tiny_config(**bad)

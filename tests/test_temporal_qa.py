@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from storm_hf.miniature.temporal_qa import (
-    ANSWERS, COLOURS, TASKS, WINDOW, clip_rng, generate, make_clip, vocabulary, write_split,
+    ALL_TASKS, ANSWERS, COLOURS, TASKS, WINDOW, WINDOW_TASKS, clip_rng, generate, make_clip, vocabulary, write_split,
 )
 
 
@@ -35,6 +35,35 @@ def test_question_types_are_balanced_and_answers_from_a_closed_set():
 
 def colour_mask(frames, colour):
     return (np.abs(frames.astype(int) - COLOURS[colour]).sum(-1) < 40)
+
+
+@pytest.mark.parametrize("task", WINDOW_TASKS)
+def test_within_window_tasks_hide_their_order_in_one_window_and_are_balanced(task):
+    """Both colours show only inside one aligned window, the answer's colour first; the window's mean frame is
+    the same for both orders (reversing the window shows the other answer); answers and positions balanced."""
+    firsts = []
+    for i in range(40):
+        clip = make_clip(clip_rng("train", 3, i), task)
+        assert clip.answer in clip.options and len(clip.options) == 2 and set(clip.question.split()) <= set(vocabulary())
+        other = next(c for c in clip.options if c != clip.answer)
+        shown = {c: [k for k, frame in enumerate(clip.frames) if colour_mask(frame, c).sum() > 10] for c in clip.options}
+        frames = shown[clip.answer] + shown[other]
+        assert len({k // WINDOW for k in frames}) == 1, (task, shown)  # one aligned window, nothing outside it
+        assert max(shown[clip.answer]) < min(shown[other])  # the answer's colour comes first
+        assert len(shown[clip.answer]) == len(shown[other]) == (1 if task == "flash_colours" else 2)
+        start = frames[0] // WINDOW * WINDOW
+        window = clip.frames[start : start + WINDOW]
+        assert np.allclose(window.mean(0), window[::-1].mean(0)) and not np.array_equal(window, window[::-1])
+        firsts.append(clip.answer == clip.options[0])  # the options name the colours in the question's order
+    assert 10 <= sum(firsts) <= 30
+
+
+def test_all_tasks_generate_and_the_old_mix_is_unchanged():
+    assert ALL_TASKS == TASKS + WINDOW_TASKS and not set(TASKS) & set(WINDOW_TASKS)
+    # the clips of the bundled model's mix are byte for byte those of before the window tasks were added
+    frames = b"".join(c.frames.tobytes() for c in generate("test", 14, seed=7))
+    assert hashlib.sha256(frames).hexdigest()[:16] == "d2b7627381b70e14"
+    assert [c.task for c in generate("train", 10, tasks=ALL_TASKS)] == list(ALL_TASKS)
 
 
 def test_direction_answers_follow_the_object():

@@ -156,6 +156,22 @@ class StormConfig(PreTrainedConfig):
             projection. 48% fewer temporal-encoder parameters at the 7B layout (84.3 M instead of 161.4 M per
             layer). Needs a bidirectional encoder
             and the add or mean merge. *ours* (off by default; the paper does not say)
+        temporal_scan_order (`"raster"`, `"time_major"` or `"alternating"`, defaults to `"raster"`):
+            The order in which a layer scans a clip's (frame, token) grid. `"raster"` (*paper*): frame after
+            frame, the tokens of a frame in raster order, so neighbouring frames' tokens at one place are a
+            frame's worth of tokens apart. `"time_major"`: every frame of one token position, then the next
+            position, so the depthwise convolution (``temporal_d_conv`` steps) and the scan's most recent steps
+            span consecutive frames at one place. `"alternating"`: raster in even layers (the first),
+            time-major in odd ones. Time-major layers cannot `stream` (a position's later frames come before the
+            next position's first). *ours* (measured on the miniature's within-window tasks, see
+            benchmarks/RESULTS.md)
+        temporal_dt_min (`float`, defaults to 0.001), temporal_dt_max (`float`, defaults to 0.1):
+            The range of the SSM's initial time steps: ``dt = exp(U(log dt_min, log dt_max))`` per channel, as in
+            mamba_ssm. A larger ``dt`` forgets faster and weighs the current token more.
+        temporal_dt_init (`"random"` or `"constant"`, defaults to `"random"`), temporal_dt_scale (`float`,
+            defaults to 1.0), temporal_dt_init_floor (`float`, defaults to 1e-4):
+            mamba_ssm's init of ``dt_proj``: its weight U(-s, s) (`"random"`) or the constant s, with
+            s = dt_rank**-0.5 * dt_scale; initial time steps below the floor are raised to it.
         temporal_final_norm (`bool`, defaults to `True`):
             LayerNorm after the last layer, as in Mamba's `norm_f`. *ours*
         temporal_norm_eps (`float`, defaults to 1e-5):
@@ -219,6 +235,12 @@ class StormConfig(PreTrainedConfig):
     temporal_bidirectional: bool = True
     temporal_direction_merge: Literal["add", "mean", "concat"] = "add"
     temporal_share_projections: bool = False
+    temporal_scan_order: Literal["raster", "time_major", "alternating"] = "raster"
+    temporal_dt_min: float = 0.001
+    temporal_dt_max: float = 0.1
+    temporal_dt_init: Literal["random", "constant"] = "random"
+    temporal_dt_scale: float = 1.0
+    temporal_dt_init_floor: float = 1e-4
     temporal_final_norm: bool = True
     temporal_norm_eps: float = 1e-5
     temporal_inference_chunk_tokens: int | None = 4096
@@ -227,6 +249,12 @@ class StormConfig(PreTrainedConfig):
     temporal_sample_s: int = 1
     use_mamba_kernels: bool = True
     tie_word_embeddings: bool = False
+
+    def temporal_layer_order(self, layer: int) -> str:
+        """The scan order of temporal layer ``layer`` (0-based): "raster" or "time_major"."""
+        if self.temporal_scan_order == "alternating":
+            return "raster" if layer % 2 == 0 else "time_major"
+        return self.temporal_scan_order
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -245,6 +273,18 @@ class StormConfig(PreTrainedConfig):
             raise ValueError(
                 f"StormConfig.temporal_direction_merge must be 'add', 'mean' or 'concat', got {self.temporal_direction_merge!r}."
             )
+        if self.temporal_scan_order not in ("raster", "time_major", "alternating"):
+            raise ValueError("StormConfig.temporal_scan_order must be 'raster', 'time_major' or 'alternating', got "
+                             f"{self.temporal_scan_order!r}.")
+        if self.temporal_dt_init not in ("random", "constant"):
+            raise ValueError(f"StormConfig.temporal_dt_init must be 'random' or 'constant', got {self.temporal_dt_init!r}.")
+        for name in ("temporal_dt_min", "temporal_dt_max", "temporal_dt_scale", "temporal_dt_init_floor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"StormConfig.{name} must be a positive number, got {value!r}.")
+        if self.temporal_dt_min > self.temporal_dt_max:
+            raise ValueError(f"StormConfig: temporal_dt_min ({self.temporal_dt_min}) is above temporal_dt_max "
+                             f"({self.temporal_dt_max}).")
         if self.temporal_share_projections is True and self.temporal_direction_merge == "concat":
             raise ValueError("StormConfig: temporal_share_projections merges the directions before the shared "
                              "out_proj; use temporal_direction_merge 'add' or 'mean', not 'concat'.")

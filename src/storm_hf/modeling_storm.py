@@ -112,6 +112,20 @@ def temporal_sample_indices(num_frames: int, s: int, device=None) -> torch.Tenso
     return torch.arange(0, num_frames, s, device=device)
 
 
+def change_scan_order(sequence: torch.Tensor, tokens_per_frame: int | None, to: str) -> torch.Tensor:
+    """Regroup a clip's flattened (frame, token) sequence for a scan: ``to="time_major"`` takes raster order
+    (batch, frames * tokens, dim) to (batch, tokens * frames, dim), every frame of token 0, then of token 1, ...;
+    ``to="raster"`` is its inverse."""
+    if tokens_per_frame is None:
+        raise ValueError("A time-major temporal layer needs tokens_per_frame (the (frame, token) grid of the clip).")
+    batch, length, dim = sequence.shape
+    if length % tokens_per_frame:
+        raise ValueError(f"A sequence of {length} tokens is not whole frames of {tokens_per_frame} tokens.")
+    frames = length // tokens_per_frame
+    grid = (frames, tokens_per_frame) if to == "time_major" else (tokens_per_frame, frames)
+    return sequence.view(batch, *grid, dim).transpose(1, 2).reshape(batch, length, dim)
+
+
 def reduce_visual_tokens(features: torch.Tensor, grid_size: int, k: int, p: int, s: int) -> torch.Tensor:
     """Temporal pooling (k), then spatial pooling (p), then test-time temporal sampling (s).
 
@@ -412,13 +426,16 @@ class StormTemporalBlock(GradientCheckpointingLayer):
         self.bidirectional = config.temporal_bidirectional
         self.merge = config.temporal_direction_merge
         self.norm = nn.LayerNorm(d_model, eps=config.temporal_norm_eps)
+        dt_settings = {"dt_min": config.temporal_dt_min, "dt_max": config.temporal_dt_max,
+                       "dt_init": config.temporal_dt_init, "dt_scale": config.temporal_dt_scale,
+                       "dt_init_floor": config.temporal_dt_init_floor}
 
         def make_mixer():
             return StormMambaMixer(
                 d_model, d_state=config.temporal_d_state, d_conv=config.temporal_d_conv,
                 expand=config.temporal_expand, dt_rank=config.temporal_dt_rank,
                 conv_bias=config.temporal_conv_bias, bias=config.temporal_bias,
-                use_kernels=config.use_mamba_kernels,
+                use_kernels=config.use_mamba_kernels, **dt_settings,
             )
 
         self.share_projections = self.bidirectional and config.temporal_share_projections
@@ -429,7 +446,7 @@ class StormTemporalBlock(GradientCheckpointingLayer):
                 d_model, d_state=config.temporal_d_state, d_conv=config.temporal_d_conv,
                 expand=config.temporal_expand, dt_rank=config.temporal_dt_rank,
                 conv_bias=config.temporal_conv_bias, bias=config.temporal_bias,
-                use_kernels=config.use_mamba_kernels, projections=False,
+                use_kernels=config.use_mamba_kernels, projections=False, **dt_settings,
             )
         self.merge_proj = (
             nn.Linear(2 * d_model, d_model, bias=False) if self.bidirectional and self.merge == "concat" else None
@@ -508,21 +525,39 @@ class StormTemporalEncoder(nn.Module):
         super().__init__()
         self.bidirectional = config.temporal_bidirectional
         self.layers = nn.ModuleList(StormTemporalBlock(config) for _ in range(config.temporal_num_layers))
+        # The order each layer scans the (frame, token) grid in: "raster" or "time_major" (temporal_scan_order).
+        self.scan_orders = [config.temporal_layer_order(i) for i in range(config.temporal_num_layers)]
         # No layers (temporal_num_layers=0, the baseline without a temporal encoder): no final norm either.
         final_norm = config.temporal_final_norm and config.temporal_num_layers > 0
         self.norm = nn.LayerNorm(config.text_config.hidden_size, eps=config.temporal_norm_eps) if final_norm else None
 
-    def init_state(self, batch_size: int, device=None) -> list[MambaMixerState]:
-        """The state before the first frame of a stream (forward-only encoders)."""
+    def _check_streamable(self):
         if self.bidirectional:
-            raise ValueError("StormTemporalEncoder: streaming needs temporal_bidirectional=False.")
+            raise ValueError(
+                "StormTemporalEncoder: a carried state only exists for the forward-only encoder "
+                "(temporal_bidirectional=False); a bidirectional scan needs the whole video at once."
+            )
+        if "time_major" in self.scan_orders:
+            raise ValueError("StormTemporalEncoder: time-major layers (temporal_scan_order) read every frame of one "
+                             "position before the next position, so they cannot stream; use 'raster'.")
+
+    def init_state(self, batch_size: int, device=None) -> list[MambaMixerState]:
+        """The state before the first frame of a stream (forward-only raster encoders)."""
+        self._check_streamable()
         return [layer.forward_mixer.init_state(batch_size, device) for layer in self.layers]
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, tokens_per_frame: int | None = None) -> torch.Tensor:
         """(batch, frames * tokens, dim) -> (batch, frames * tokens, dim); frames in time order, tokens in
-        raster order inside a frame."""
-        for layer in self.layers:
+        raster order inside a frame. Time-major layers (`temporal_scan_order`) need ``tokens_per_frame``: the
+        sequence is regrouped by position for them and back afterwards."""
+        order = "raster"
+        for layer, layer_order in zip(self.layers, self.scan_orders):
+            if layer_order != order:
+                hidden_states = change_scan_order(hidden_states, tokens_per_frame, layer_order)
+                order = layer_order
             hidden_states = layer(hidden_states)
+        if order != "raster":
+            hidden_states = change_scan_order(hidden_states, tokens_per_frame, "raster")
         return hidden_states if self.norm is None else self.norm(hidden_states)
 
     def stream(
@@ -530,11 +565,7 @@ class StormTemporalEncoder(nn.Module):
     ) -> tuple[torch.Tensor, list[MambaMixerState]]:
         """One chunk (batch, chunk frames * tokens, dim) of a stream and the per-layer states the previous chunk
         left (None: the stream starts here) -> (the chunk's output, the per-layer states after it)."""
-        if self.bidirectional:
-            raise ValueError(
-                "StormTemporalEncoder: a carried state only exists for the forward-only encoder "
-                "(temporal_bidirectional=False); a bidirectional scan needs the whole video at once."
-            )
+        self._check_streamable()
         if state is not None and len(state) != len(self.layers):
             raise ValueError(f"StormTemporalEncoder: got states for {len(state)} layers, the encoder has {len(self.layers)}.")
         new_state = []
@@ -727,7 +758,7 @@ class StormModel(StormPreTrainedModel):
             members = [i for i, clip in enumerate(clips) if clip.shape[0] == length]
             group = torch.stack([clips[i] for i in members])  # (clips, T, N, dim)
             n, frames, tokens, dim = group.shape
-            out = self.temporal_encoder(group.reshape(n, frames * tokens, dim)).view(n, frames, tokens, dim)
+            out = self.temporal_encoder(group.reshape(n, frames * tokens, dim), tokens).view(n, frames, tokens, dim)
             for j, i in enumerate(members):
                 encoded[i] = out[j]
         return encoded

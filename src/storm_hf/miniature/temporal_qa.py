@@ -12,6 +12,18 @@ question from a closed answer set. Question types:
   other, inside the same aligned window of `WINDOW` (4) frames: averaging each window of frames before the
   LLM (temporal pooling k = 4 without a temporal encoder) gives the same pooled frame for both orders, so
   only a model that mixes information across frames before pooling can answer.
+* Within-window questions, each with its whole event inside one aligned window of `WINDOW` frames, so that
+  the window's average is the same for both orders (and nothing is shown outside the window); unlike
+  ``order_in_window`` the time information is local in space (one place), or lasts two frames:
+
+  * ``colour_change``: which colour appears first on the {shape}, {a} or {b}? One object shows {a} for two
+    frames, then {b} for two frames, at one place.
+  * ``flash_colours``: which colour flashes first on the {shape}, {a} or {b}? One object flashes twice, one frame
+    in each colour, at one place.
+  * ``pair_in_window``: which appears first, the {a} or the {b}? Two objects at different places, two frames
+    each, one after the other.
+
+  They are not in `TASKS` (the mix the bundled model was trained on) but in `WINDOW_TASKS`; `ALL_TASKS` is both.
 * ``colour`` and ``shape`` (static controls): what colour is the {shape}? / what shape is the {colour} one?
   One frame answers them.
 
@@ -39,6 +51,9 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), 
 SHAPES = ("square", "ring", "cross")
 TASKS = ("direction", "first_appeared", "flash_count", "stop_or_reverse", "order_in_window", "colour", "shape")
 TEMPORAL_TASKS = TASKS[:5]
+# Order inside one aligned window, with the time information local in space or lasting two frames (see above).
+WINDOW_TASKS = ("colour_change", "flash_colours", "pair_in_window")
+ALL_TASKS = TASKS + WINDOW_TASKS
 ANSWERS = {
     "direction": ("left", "right", "up", "down"),
     "first_appeared": tuple(COLOURS),
@@ -47,6 +62,9 @@ ANSWERS = {
     "order_in_window": tuple(COLOURS),
     "colour": tuple(COLOURS),
     "shape": SHAPES,
+    "colour_change": tuple(COLOURS),
+    "flash_colours": tuple(COLOURS),
+    "pair_in_window": tuple(COLOURS),
 }
 SPLITS = {"train": 1, "validation": 2, "test": 3}
 WINDOW = 4  # frames averaged by temporal pooling k = 4: order_in_window hides its order inside one window
@@ -133,8 +151,8 @@ def _add_distractors(canvas, rng, used_colours, count, avoid_shape=None):
 
 def make_clip(rng: np.random.Generator, task: str, num_frames: int = 16, size: int = 48) -> Clip:
     """One clip of question type ``task`` (see the module docstring), drawn with ``rng``."""
-    if task not in TASKS:
-        raise ValueError(f"make_clip: unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    if task not in ALL_TASKS:
+        raise ValueError(f"make_clip: unknown task {task!r}; choose one of {', '.join(ALL_TASKS)}.")
     if num_frames < 2 * WINDOW:
         raise ValueError(f"make_clip: clips need at least {2 * WINDOW} frames, got {num_frames}.")
     canvas = _Canvas(rng, num_frames, size)
@@ -152,6 +170,35 @@ def make_clip(rng: np.random.Generator, task: str, num_frames: int = 16, size: i
             y, x = {"right": (along, pos), "left": (along, span - pos), "down": (pos, along), "up": (span - pos, along)}[answer]
             canvas.draw(t, shape, colour, y, x)
         question = f"which way does the {colour} {shape} move ?"
+    elif task in ("colour_change", "flash_colours"):  # one object, one place, two colours inside one window
+        first, second = (colour, other) if rng.random() < 0.5 else (other, colour)
+        window = int(rng.integers(0, num_frames // WINDOW)) * WINDOW
+        if task == "colour_change":  # two frames each
+            shown = {window: first, window + 1: first, window + 2: second, window + 3: second}
+        else:  # one frame each, in order, anywhere inside the window
+            t_first = window + int(rng.integers(0, WINDOW - 1))
+            shown = {t_first: first, int(rng.integers(t_first + 1, window + WINDOW)): second}
+        y, x = canvas.free_position()
+        for t, c in shown.items():
+            canvas.draw(t, shape, c, y, x)
+        verb = "appears" if task == "colour_change" else "flashes"
+        question = f"which colour {verb} first on the {shape} , {colour} or {other} ?"
+        answer = first
+        meta.update(shown={int(t): c for t, c in shown.items()}, options=(colour, other))
+    elif task == "pair_in_window":  # two objects at two places, two frames each, inside one window
+        first, second = (colour, other) if rng.random() < 0.5 else (other, colour)
+        shapes = {first: shape, second: SHAPES[rng.integers(len(SHAPES))]}
+        for _ in range(20):  # exchangeable places, as for first_appeared
+            one, two = canvas.free_position(), canvas.free_position()
+            if abs(one[0] - two[0]) >= side or abs(one[1] - two[1]) >= side:
+                break
+        window = int(rng.integers(0, num_frames // WINDOW)) * WINDOW
+        for t, c, (y, x) in ((window, first, one), (window + 1, first, one), (window + 2, second, two),
+                             (window + 3, second, two)):
+            canvas.draw(t, shapes[c], c, y, x)
+        question = f"which appears first , the {colour} {shapes[colour]} or the {other} {shapes[other]} ?"
+        answer = first
+        meta.update(window=window, options=(colour, other))
     elif task in ("first_appeared", "order_in_window"):
         first, second = (colour, other) if rng.random() < 0.5 else (other, colour)
         shapes = {first: shape, second: SHAPES[rng.integers(len(SHAPES))]}
@@ -214,7 +261,7 @@ def make_clip(rng: np.random.Generator, task: str, num_frames: int = 16, size: i
             answer, question = colour, f"what colour is the {shape} ?"
         else:
             answer, question = shape, f"what shape is the {colour} one ?"
-    used = {colour, other} if task in ("first_appeared", "order_in_window") else {colour}
+    used = {colour} if task in ("direction", "flash_count", "stop_or_reverse", "colour", "shape") else {colour, other}
     _add_distractors(canvas, rng, used, count=int(rng.integers(1, 3)), avoid_shape=shape if task == "colour" else None)
     options = meta.pop("options", ANSWERS[task])
     return Clip(canvas.result(), task, question, answer, tuple(options), meta)
@@ -385,4 +432,4 @@ def vocabulary() -> list[str]:
 
 __all__ = ["Clip", "make_clip", "generate", "write_split", "write_multiple_choice_split", "write_video", "record", "vocabulary", "clip_rng",
            "Still", "make_still", "still_record", "write_stills", "STILL_TASKS",
-           "TASKS", "TEMPORAL_TASKS", "ANSWERS", "COLOURS", "SHAPES", "SPLITS", "WINDOW"]
+           "TASKS", "TEMPORAL_TASKS", "WINDOW_TASKS", "ALL_TASKS", "ANSWERS", "COLOURS", "SHAPES", "SPLITS", "WINDOW"]
