@@ -24,7 +24,13 @@ been pretrained):
 6. LLM prefill time per setting, measured side by side in this process (interleaved, medians).
 
 Arms: baseline (no temporal encoder, VILA-style), STORM (bidirectional), STORM forward-only; reductions:
-none (k=1), temporal pooling k=4, spatial pooling p=2 (the same 25% token budget as k=4).
+none (k=1), temporal pooling k=4, spatial pooling p=2 (the same 25% token budget as k=4). The STORM arms take
+the encoder settings given (--scan-order, --temporal-layers, --dt-min, --dt-max; the scan order applies to
+the bidirectional arm only: the forward-only one stays raster, the order that can stream). Question types: --tasks all
+(the default) adds the three within-window types (storm_hf.miniature.temporal_qa.WINDOW_TASKS) to the bundled
+model's mix; for every k = 4 run the window-reversal drop (the accuracy lost on those types when the frames
+are reversed inside each window of 4, storm_hf.evaluation.temporal.window_order_signal) is measured too: 0 for
+the baseline by construction.
 Results go to --output (JSON, every prediction of every run) and a Markdown table on stdout.
 """
 
@@ -47,6 +53,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REDUCTIONS = {"k=1": {"temporal_pool_k": 1, "spatial_pool_p": 1}, "k=4": {"temporal_pool_k": 4, "spatial_pool_p": 1},
               "p=2": {"temporal_pool_k": 1, "spatial_pool_p": 2}}
 ARM_NAMES = ("baseline", "storm", "storm-forward")
+# The question types of the data: the bundled model's mix (TASKS), or with the within-window types (ALL_TASKS).
+TASK_SETS = {"mix": ("direction", "first_appeared", "flash_count", "stop_or_reverse", "order_in_window", "colour",
+                     "shape"),
+             "all": ("direction", "first_appeared", "flash_count", "stop_or_reverse", "order_in_window", "colour",
+                     "shape", "colour_change", "flash_colours", "pair_in_window")}
+WINDOW_SIGNAL_TASKS = ("colour_change", "flash_colours", "pair_in_window", "order_in_window")
+WINDOW_SIGNAL_CLIPS = 40  # test clips per within-window type for the window-reversal drop
 
 FULL = dict(train_clips=3072, test_clips=490, validation_clips=350, stills=8000, image_steps=1600, video_steps=900,
             steps=170, seeds=(0, 1, 2), arms=ARM_NAMES, reductions=tuple(REDUCTIONS))
@@ -75,13 +88,14 @@ def write_data(root, settings):
     jobs = [("train", settings["train_clips"]), ("test", settings["test_clips"]),
             ("validation", settings["validation_clips"])]
     done = os.path.join(root, "done.json")
-    wanted = {"clips": jobs, "stills": settings["stills"], "generator": generator_id()}
+    tasks = list(settings.get("tasks", TASK_SETS["mix"]))
+    wanted = {"clips": jobs, "stills": settings["stills"], "generator": generator_id(), "tasks": tasks}
     if os.path.exists(done) and json.load(open(done)) == json.loads(json.dumps(wanted)):
         log(f"data: reusing {root}")
         return
     start = time.perf_counter()
     with ThreadPoolExecutor(2) as pool:  # the encoder releases the GIL
-        futures = [pool.submit(write_split, root, split, count) for split, count in jobs]
+        futures = [pool.submit(write_split, root, split, count, tasks=tasks) for split, count in jobs]
         write_stills(root, "train", settings["stills"])
         for future in futures:
             future.result()
@@ -176,7 +190,8 @@ def pretrain_video(work, settings, image_model, threads):
                                     num_frames=NUM_FRAMES, weights_from=image_model)
     out = shared_stage(work, "video-pretrained", init, "train.jsonl", settings["video_steps"], BATCH,
                        {"steps": settings["video_steps"], "image_steps": settings["image_steps"],
-                        "clips": settings["train_clips"], "generator": generator_id()}, threads)
+                        "clips": settings["train_clips"], "generator": generator_id(),
+                        "tasks": list(settings.get("tasks", TASK_SETS["mix"]))}, threads)
     evaluation = evaluate_run(out, os.path.join(work, "data"), os.path.join(work, "data", "validation.jsonl"),
                               strides=(1,))["s=1"]
     log(f"video-pretrained: validation accuracy {evaluation['accuracy']:.3f} (" +
@@ -188,12 +203,43 @@ def pretrain_video(work, settings, image_model, threads):
 # One arm: build from the pretrained image model, train on clips, evaluate
 # -------------------------------------------------------------------------------------------------
 
-def build_arm(base, arm, reduction, seed, out):
-    """The pretrained image model's weights in the arm's layout; the temporal encoder (if any) fresh."""
+def build_arm(base, arm, reduction, seed, out, encoder=None):
+    """The pretrained image model's weights in the arm's layout; the temporal encoder (if any) fresh, with the
+    ``encoder`` settings (StormConfig fields: scan order, dt range, layers)."""
     from storm_hf.miniature import build_initial_checkpoint, mini_config
 
-    return build_initial_checkpoint(out, mini_config(arm, **REDUCTIONS[reduction]), seed=seed, num_frames=NUM_FRAMES,
-                                    weights_from=base)
+    overrides = {} if arm == "baseline" else dict(encoder or {})
+    if arm == "storm-forward":  # the forward-only variant exists to stream, which time-major layers cannot
+        overrides.pop("temporal_scan_order", None)
+    return build_initial_checkpoint(out, mini_config(arm, **REDUCTIONS[reduction], **overrides), seed=seed,
+                                    num_frames=NUM_FRAMES, weights_from=base)
+
+
+def window_signal(run_dir, data_root, test_file):
+    """The window-reversal drop of a trained run on the within-window test clips (see
+    storm_hf.evaluation.temporal.window_order_signal): accuracy as given and with the frames reversed inside each
+    window of k, per type, on at most WINDOW_SIGNAL_CLIPS clips of each."""
+    from storm_hf.evaluation.temporal import window_order_signal
+    from storm_hf.inference import load
+    from storm_hf.training import load_video_dataset
+
+    model, processor = load(run_dir)
+    dataset = load_video_dataset(test_file)
+    records = [dataset[i] for i in range(len(dataset))]
+    by_task = {}
+    for task in WINDOW_SIGNAL_TASKS:
+        chosen = [r for r in records if r["task"] == task][:WINDOW_SIGNAL_CLIPS]
+        if not chosen:
+            continue
+        pixels, questions = [], []
+        for r in chosen:
+            batch = processor.video_processor([os.path.join(data_root, r["video"])], num_frames=NUM_FRAMES,
+                                              return_tensors="pt")
+            pixels.append(batch["pixel_values_videos"][0])
+            question = r["messages"][0]["content"][-1]["text"]
+            questions.append((question, r["options"], r["answer"]))
+        by_task[task] = window_order_signal(model, processor, pixels, questions)
+    return by_task
 
 
 def evaluate_run(run_dir, data_root, test_file, strides=(1, 2)):
@@ -219,11 +265,12 @@ def run_job(job):
     name = f"{arm}_{reduction.replace('=', '')}_seed{seed}" + job.get("suffix", "")
     run_dir = os.path.join(work, "runs", name)
     result_file = os.path.join(run_dir, "result.json")
-    wanted = {"steps": steps, "batch": batch, "base_stamp": json.load(open(base + ".json"))}
+    wanted = {"steps": steps, "batch": batch, "base_stamp": json.load(open(base + ".json")),
+              "encoder": job.get("encoder") or {}}
     if os.path.exists(result_file) and {k: json.load(open(result_file)).get(k) for k in wanted} == wanted:
         return json.load(open(result_file))  # this run is done (an interrupted table resumes here)
     shutil.rmtree(run_dir, ignore_errors=True)
-    init = build_arm(base, arm, reduction, seed, os.path.join(work, "runs", name + "-init"))
+    init = build_arm(base, arm, reduction, seed, os.path.join(work, "runs", name + "-init"), job.get("encoder"))
     data = os.path.join(work, "data")
     start = time.perf_counter()
     text = run_train(training_config(init, os.path.join(data, "train.jsonl"), data, run_dir, steps, seed, batch=batch,
@@ -232,7 +279,8 @@ def run_job(job):
     train_seconds = time.perf_counter() - start
     torch.set_num_threads(threads)
     evaluation = evaluate_run(run_dir, data, os.path.join(data, "test.jsonl"))
-    result = {**wanted, "arm": arm, "reduction": reduction, "seed": seed,
+    signal = window_signal(run_dir, data, os.path.join(data, "test.jsonl")) if job.get("window_signal") else {}
+    result = {**wanted, "window_signal": signal, "arm": arm, "reduction": reduction, "seed": seed,
               "learning_rate": learning_rate, "train_seconds": train_seconds,
               "train_log": text.strip().splitlines()[-1], **evaluation}
     json.dump(result, open(result_file, "w"))
@@ -296,14 +344,21 @@ def summarise(results, prefill, tasks):
         row = {"arm": arm, "reduction": reduction + ("" if s == "s=1" else ", s=2"), "seeds": len(runs),
                "visual_tokens": runs[0][s]["visual_tokens"],
                "prefill_ms": prefill.get(f"{arm} {reduction} {s}", float("nan")) * 1000}
-        for task in tasks + ["temporal", "all"]:
+        window = [t for t in WINDOW_SIGNAL_TASKS[:3] if t in tasks]
+        for task in tasks + ["temporal", "window", "all"]:
             if task == "all":
                 values = [run[s]["accuracy"] for run in runs]
             elif task == "temporal":
                 values = [np.mean([run[s]["by_task"][t] for t in TEMPORAL_TASKS]) for run in runs]
+            elif task == "window":
+                values = [np.mean([run[s]["by_task"][t] for t in window]) if window else float("nan") for run in runs]
             else:
                 values = [run[s]["by_task"][task] for run in runs]
             row[task] = (float(np.mean(values)), float(np.std(values)))
+        # the accuracy lost on the three local within-window types when frames are reversed inside each window
+        drops = [np.mean([run["window_signal"][t]["reversal_drop"] for t in window]) for run in runs
+                 if s == "s=1" and window and run.get("window_signal")]
+        row["reversal_drop"] = (float(np.mean(drops)), float(np.std(drops))) if drops else None
         rows.append(row)
     order = {a: i for i, a in enumerate(ARM_NAMES)}
     rows.sort(key=lambda r: (r["reduction"].split(",")[0], "s=2" in r["reduction"], order[r["arm"]]))
@@ -319,18 +374,25 @@ def chance_row(test_file, tasks):
     records = [dataset[i] for i in range(len(dataset))]
     per_task = {t: float(np.mean([1 / len(r["options"]) for r in records if r["task"] == t])) for t in tasks}
     per_task["temporal"] = float(np.mean([per_task[t] for t in TEMPORAL_TASKS]))
+    window = [t for t in WINDOW_SIGNAL_TASKS[:3] if t in tasks]
+    per_task["window"] = float(np.mean([per_task[t] for t in window])) if window else float("nan")
     per_task["all"] = float(np.mean([1 / len(r["options"]) for r in records]))
     return per_task
 
 
 def markdown(rows, tasks, chance=None):
-    head = ["arm", "reduction", "visual tokens", "prefill ms"] + tasks + ["temporal mean", "all"]
+    head = ["arm", "reduction", "visual tokens", "prefill ms"] + tasks + ["temporal mean", "window mean", "all",
+                                                                         "window-reversal drop"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if chance:
-        lines.append("| chance | | | | " + " | ".join(f"{chance[t]:.2f}" for t in tasks + ["temporal", "all"]) + " |")
+        lines.append("| chance | | | | " + " | ".join(f"{chance[t]:.2f}" for t in tasks + ["temporal", "window", "all"])
+                     + " | |")
     for r in rows:
         cells = [r["arm"], r["reduction"], str(r["visual_tokens"]), f"{r['prefill_ms']:.2f}"]
-        for task in tasks + ["temporal", "all"]:
+        for task in tasks + ["temporal", "window", "all"] + ["reversal_drop"]:
+            if r.get(task) is None:
+                cells.append("")
+                continue
             mean, spread = r[task]
             cells.append(f"{mean:.2f}" + (f" ±{spread:.2f}" if r["seeds"] > 1 else ""))
         lines.append("| " + " | ".join(cells) + " |")
@@ -346,11 +408,24 @@ def main():
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once (default 2)")
     parser.add_argument("--steps", type=int, help="video training steps per run (overrides the mode's)")
     parser.add_argument("--base-only", action="store_true", help="stop after the data and the shared stages")
+    parser.add_argument("--tasks", choices=tuple(TASK_SETS), default="all",
+                        help="question types: the bundled model's mix, or all (with the within-window types)")
+    parser.add_argument("--scan-order", choices=("raster", "time_major", "alternating"), default=None,
+                        help="temporal_scan_order of the STORM arms (default: the config's, raster)")
+    parser.add_argument("--temporal-layers", type=int, default=None, help="temporal layers of the STORM arms")
+    parser.add_argument("--dt-min", type=float, default=None, help="temporal_dt_min of the STORM arms")
+    parser.add_argument("--dt-max", type=float, default=None, help="temporal_dt_max of the STORM arms")
     args = parser.parse_args()
     settings = dict(QUICK if args.quick else FULL)
+    settings["tasks"] = TASK_SETS[args.tasks]
+    encoder = {name: value for name, value in (("temporal_scan_order", args.scan_order),
+                                               ("temporal_num_layers", args.temporal_layers),
+                                               ("temporal_dt_min", args.dt_min), ("temporal_dt_max", args.dt_max))
+               if value is not None}
     if args.steps:
         settings["steps"] = BUNDLE["steps"] = args.steps
-    work = args.work or ("/tmp/storm-temporal-qa" + ("-quick" if args.quick else ""))
+    work = args.work or ("/tmp/storm-temporal-qa" + ("-quick" if args.quick else "") +
+                         ("" if args.tasks == "mix" else "-" + args.tasks))
     cores = os.cpu_count() or 1
     threads = max(1, cores // args.workers)
     started = time.perf_counter()
@@ -363,7 +438,8 @@ def main():
         return bundle(work, base, args.workers, threads)
 
     jobs = [{"work": work, "base": base, "arm": arm, "reduction": reduction, "seed": seed,
-             "steps": settings["steps"], "threads": threads}
+             "steps": settings["steps"], "threads": threads, "encoder": encoder,
+             "window_signal": REDUCTIONS[reduction]["temporal_pool_k"] > 1}
             for seed in settings["seeds"] for reduction in settings["reductions"] for arm in settings["arms"]]
     with ThreadPoolExecutor(args.workers) as pool:
         results = list(pool.map(run_job, jobs))
@@ -372,14 +448,13 @@ def main():
     settings_to_time = {f"{arm} {reduction} s={s}": (os.path.join(work, "runs", f"{arm}_{reduction.replace('=', '')}_seed0"), s)
                         for reduction in settings["reductions"] for arm in settings["arms"] for s in (1, 2)}
     prefill = prefill_times(settings_to_time, data, os.path.join(data, "test.jsonl"))
-    from storm_hf.miniature.temporal_qa import TASKS
-
-    rows = summarise(results, prefill, list(TASKS))
-    chance = chance_row(os.path.join(data, "test.jsonl"), list(TASKS))
-    table = markdown(rows, list(TASKS), chance)
+    tasks = list(settings["tasks"])
+    rows = summarise(results, prefill, tasks)
+    chance = chance_row(os.path.join(data, "test.jsonl"), tasks)
+    table = markdown(rows, tasks, chance)
     total = time.perf_counter() - started
     output = args.output or os.path.join(work, "results.json")
-    json.dump({"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+    json.dump({"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}, "encoder": encoder,
                "command": " ".join(["python", "benchmarks/temporal_qa.py"] + sys.argv[1:]), "seconds": total,
                "image_pretrained": image_result, "video_pretrained": video_result,
                "rows": rows, "chance": chance, "runs": results, "prefill_seconds": prefill}, open(output, "w"),

@@ -62,7 +62,8 @@ def mini_config(arm: str = "storm", temporal_pool_k: int = 4, spatial_pool_p: in
         },
         "text_config": {
             "model_type": "qwen2", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            # 2 query heads of 32 (one key/value head): vLLM's CPU attention serves head sizes of 32 and up.
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
             "max_position_embeddings": 2048, "tie_word_embeddings": False, "initializer_range": INITIALIZER_RANGE,
             "eos_token_id": 509, "pad_token_id": 0,
         },
