@@ -13,6 +13,13 @@ pooled window is the same for both orders: at k = 4 it can only guess between th
 Arms: the baseline at k = 1 (order visible) and k = 4; STORM at k = 4 with the paper's raster scan, the
 time-major scan, one layer of each ("alternating"), and the forward-only raster encoder. Accuracy on the test
 clips, mean ± std over --seeds. Figures in benchmarks/RESULTS.md.
+
+    python benchmarks/temporal_probe.py --frozen-from RUN_DIR
+
+asks instead whether a trained checkpoint's own temporal encoder wrote the order into its pooled tokens: its image
+encoder, projector, temporal encoder and reduction, all frozen, and only the classifier trained; beside it the
+same without the temporal encoder (the projector tokens pooled directly). If the classifier reads the order and
+the checkpoint's LLM does not answer from it, the LLM stage is where the order is lost.
 """
 
 import argparse
@@ -99,6 +106,43 @@ def run_arm(config, k, settings, train, test, steps, batch, lr, seed):
     return float((predictions == y_test).float().mean())
 
 
+@torch.no_grad()
+def frozen_features(model, tokens, with_encoder):
+    """The checkpoint's pooled tokens (clips, frames / k, tokens, dim) of projector ``tokens``, with or without its
+    own temporal encoder."""
+    inner, out = model.model, []
+    for start in range(0, len(tokens), 64):
+        group = tokens[start : start + 64]
+        if with_encoder:
+            group = torch.stack(inner.encode_in_time(list(group)))
+        out.append(inner.reduce_tokens(group))
+    return torch.cat(out)
+
+
+def run_frozen(args):
+    """--frozen-from: train only the classifier on a checkpoint's frozen pooled tokens, with and without its
+    temporal encoder."""
+    model, processor = load(args.frozen_from)
+    model.requires_grad_(False)
+    print(f"checkpoint {args.frozen_from}: k={model.config.temporal_pool_k}, scan order "
+          f"{model.config.temporal_scan_order}, {model.config.temporal_num_layers} temporal layers; "
+          f"{args.train} / {args.test} clips, {args.steps} steps (classifier only)")
+    print(f"{'question type':16s} {'its encoder':>12s} {'no encoder':>12s}")
+    results = {}
+    for task in args.tasks:
+        train, test = (projector_tokens(model, processor, task, split, n)
+                       for split, n in (("train", args.train), ("test", args.test)))
+        cells = []
+        for with_encoder in (True, False):
+            pooled = [(frozen_features(model, x, with_encoder), y) for x, y in (train, test)]
+            # k = 1 on already pooled tokens: the probe's classifier alone
+            score = run_arm(model.config, 1, None, *pooled, args.steps, args.batch, args.lr, args.seeds[0])
+            results[(task, with_encoder)] = score
+            cells.append(f"{score:.3f}")
+        print(f"{task:16s} {cells[0]:>12s} {cells[1]:>12s}", flush=True)
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run (seconds): 64 / 32 clips, 10 steps, one type")
@@ -110,10 +154,13 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--frozen-from", help="a trained checkpoint: probe its own frozen encoder (see above)")
     args = parser.parse_args(argv)
     if args.quick:
         args.train, args.test, args.steps, args.tasks = 64, 32, 10, args.tasks[:1]
     torch.manual_seed(0)
+    if args.frozen_from:
+        return run_frozen(args)
     model, processor = load()  # the bundled model: its image encoder and projector, frozen
     model.requires_grad_(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.train} training / {args.test} test "

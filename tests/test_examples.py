@@ -111,3 +111,14 @@ def test_temporal_diagnostics_and_probe_run():
     assert result.returncode == 0, result.stderr
     row = next(line for line in result.stdout.splitlines() if line.startswith("colour_change"))
     assert len([cell for cell in row.split() if cell.startswith("0.") or cell == "1.000"]) == 6  # one per arm
+
+
+def test_the_probe_reads_a_checkpoints_own_frozen_encoder():
+    from storm_hf.miniature import BUNDLED_MODEL
+
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "temporal_probe.py"), "--quick", "--frozen-from",
+                             BUNDLED_MODEL], env=OFFLINE, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "its encoder" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith("colour_change"))
+    assert all(0 <= float(cell) <= 1 for cell in row.split()[1:])
