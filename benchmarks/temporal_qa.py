@@ -435,7 +435,7 @@ def main():
     if args.base_only:
         return None
     if args.bundle:
-        return bundle(work, base, args.workers, threads)
+        return bundle(work, base, args.workers, threads, encoder)
 
     jobs = [{"work": work, "base": base, "arm": arm, "reduction": reduction, "seed": seed,
              "steps": settings["steps"], "threads": threads, "encoder": encoder,
@@ -463,7 +463,7 @@ def main():
     log(f"total {total / 60:.1f} min; results in {output}")
 
 
-def bundle(work, base, workers, threads):
+def bundle(work, base, workers, threads, encoder=None):
     """Train the bundled STORM (bidirectional, k=4) with more steps than the table's runs, and beside it the
     baseline at k=4 with the same steps (the comparison at this longer budget); evaluate both on the test
     clips and copy the STORM checkpoint into the package (storm_hf.miniature.BUNDLED_MODEL)."""
@@ -471,7 +471,8 @@ def bundle(work, base, workers, threads):
 
     steps = BUNDLE["steps"]
     jobs = [{"work": work, "base": base, "arm": arm, "reduction": "k=4", "seed": 0, "steps": steps,
-             "threads": threads, "suffix": f"_steps{steps}"} for arm in ("storm", "baseline")]
+             "threads": threads, "suffix": f"_steps{steps}", "encoder": encoder, "window_signal": True}
+            for arm in ("storm", "baseline")]
     with ThreadPoolExecutor(workers) as pool:
         results = dict(zip(("storm", "baseline"), pool.map(run_job, jobs)))
     for arm, result in results.items():
