@@ -219,6 +219,7 @@ def window_signal(run_dir, data_root, test_file):
     """The window-reversal drop of a trained run on the within-window test clips (see
     storm_hf.evaluation.temporal.window_order_signal): accuracy as given and with the frames reversed inside each
     window of k, per type, on at most WINDOW_SIGNAL_CLIPS clips of each."""
+    from storm_hf.evaluation.scoring import _question_text
     from storm_hf.evaluation.temporal import window_order_signal
     from storm_hf.inference import load
     from storm_hf.training import load_video_dataset
@@ -236,8 +237,7 @@ def window_signal(run_dir, data_root, test_file):
             batch = processor.video_processor([os.path.join(data_root, r["video"])], num_frames=NUM_FRAMES,
                                               return_tensors="pt")
             pixels.append(batch["pixel_values_videos"][0])
-            question = r["messages"][0]["content"][-1]["text"]
-            questions.append((question, r["options"], r["answer"]))
+            questions.append((_question_text(r), r["options"], r["answer"]))
         by_task[task] = window_order_signal(model, processor, pixels, questions)
     return by_task
 

@@ -269,15 +269,12 @@ class StormConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"StormConfig.{name} must be a positive integer or None, got {value!r}.")
-        if self.temporal_direction_merge not in ("add", "mean", "concat"):
-            raise ValueError(
-                f"StormConfig.temporal_direction_merge must be 'add', 'mean' or 'concat', got {self.temporal_direction_merge!r}."
-            )
-        if self.temporal_scan_order not in ("raster", "time_major", "alternating"):
-            raise ValueError("StormConfig.temporal_scan_order must be 'raster', 'time_major' or 'alternating', got "
-                             f"{self.temporal_scan_order!r}.")
-        if self.temporal_dt_init not in ("random", "constant"):
-            raise ValueError(f"StormConfig.temporal_dt_init must be 'random' or 'constant', got {self.temporal_dt_init!r}.")
+        for name, choices in (("temporal_direction_merge", ("add", "mean", "concat")),
+                              ("temporal_scan_order", ("raster", "time_major", "alternating")),
+                              ("temporal_dt_init", ("random", "constant"))):
+            if getattr(self, name) not in choices:
+                listed = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}"
+                raise ValueError(f"StormConfig.{name} must be {listed}, got {getattr(self, name)!r}.")
         for name in ("temporal_dt_min", "temporal_dt_max", "temporal_dt_scale", "temporal_dt_init_floor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:

@@ -426,28 +426,20 @@ class StormTemporalBlock(GradientCheckpointingLayer):
         self.bidirectional = config.temporal_bidirectional
         self.merge = config.temporal_direction_merge
         self.norm = nn.LayerNorm(d_model, eps=config.temporal_norm_eps)
-        dt_settings = {"dt_min": config.temporal_dt_min, "dt_max": config.temporal_dt_max,
-                       "dt_init": config.temporal_dt_init, "dt_scale": config.temporal_dt_scale,
-                       "dt_init_floor": config.temporal_dt_init_floor}
 
-        def make_mixer():
+        def make_mixer(projections=True):  # projections=False: a direction of Vision Mamba's shared layout
             return StormMambaMixer(
                 d_model, d_state=config.temporal_d_state, d_conv=config.temporal_d_conv,
                 expand=config.temporal_expand, dt_rank=config.temporal_dt_rank,
                 conv_bias=config.temporal_conv_bias, bias=config.temporal_bias,
-                use_kernels=config.use_mamba_kernels, **dt_settings,
+                use_kernels=config.use_mamba_kernels, projections=projections,
+                dt_min=config.temporal_dt_min, dt_max=config.temporal_dt_max, dt_init=config.temporal_dt_init,
+                dt_scale=config.temporal_dt_scale, dt_init_floor=config.temporal_dt_init_floor,
             )
 
         self.share_projections = self.bidirectional and config.temporal_share_projections
         self.forward_mixer = make_mixer()
-        self.backward_mixer = None
-        if self.bidirectional:
-            self.backward_mixer = make_mixer() if not self.share_projections else StormMambaMixer(
-                d_model, d_state=config.temporal_d_state, d_conv=config.temporal_d_conv,
-                expand=config.temporal_expand, dt_rank=config.temporal_dt_rank,
-                conv_bias=config.temporal_conv_bias, bias=config.temporal_bias,
-                use_kernels=config.use_mamba_kernels, projections=False, **dt_settings,
-            )
+        self.backward_mixer = make_mixer(projections=not self.share_projections) if self.bidirectional else None
         self.merge_proj = (
             nn.Linear(2 * d_model, d_model, bias=False) if self.bidirectional and self.merge == "concat" else None
         )

@@ -320,6 +320,15 @@ def _contiguous(*tensors):
     return tuple(None if t is None else t.contiguous() for t in tensors)
 
 
+def _block_starts_buffer(u: torch.Tensor, A_t: torch.Tensor, save_states: bool) -> torch.Tensor:
+    """(num_blocks, batch, d_state, d_inner) for the state entering each block of the forward, or (0, ...) when
+    no backward will need them."""
+    length, batch, d_inner = u.shape
+    d_state = A_t.shape[0]
+    blocks = _num_blocks(length, _steps_per_block(length, batch, d_state, d_inner)) if save_states else 0
+    return u.new_empty(blocks, batch, d_state, d_inner)
+
+
 @contextmanager
 def _op_body(u: torch.Tensor, d_state: int):
     """What holds inside a scan op: fp32 (no autocast) and `CPU_SCAN_THREADS` intra-op threads."""
@@ -332,11 +341,8 @@ def selective_scan_fwd(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, save
     """The blocked forward scan as one op (see the schema above). ``save_states``: also return the state entering
     each block, what the backward recomputes from (only when a gradient will be taken; else a (0, ...) tensor)."""
     u, delta, A_t, B, C, D, z, delta_bias, h0 = _contiguous(u, delta, A_t, B, C, D, z, delta_bias, h0)
-    length, batch, d_inner = u.shape
-    d_state = A_t.shape[0]
-    blocks = _num_blocks(length, _steps_per_block(length, batch, d_state, d_inner)) if save_states else 0
-    block_starts = u.new_empty(blocks, batch, d_state, d_inner)
-    with _op_body(u, d_state):
+    block_starts = _block_starts_buffer(u, A_t, save_states)
+    with _op_body(u, A_t.shape[0]):
         out, h_last = _scan_forward(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus,
                                     block_starts if save_states else None)
     return out, h_last, block_starts
@@ -345,10 +351,8 @@ def selective_scan_fwd(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, save
 @selective_scan_fwd.register_fake
 def _selective_scan_fwd_fake(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, save_states):
     length, batch, d_inner = u.shape
-    d_state = A_t.shape[0]
-    blocks = _num_blocks(length, _steps_per_block(length, batch, d_state, d_inner)) if save_states else 0
-    return (u.new_empty(length, batch, d_inner), u.new_empty(batch, d_state, d_inner),
-            u.new_empty(blocks, batch, d_state, d_inner))
+    return (u.new_empty(length, batch, d_inner), u.new_empty(batch, A_t.shape[0], d_inner),
+            _block_starts_buffer(u, A_t, save_states))
 
 
 @torch.library.custom_op("storm_hf::selective_scan_bwd", mutates_args=(), schema=_BWD_SCHEMA)
@@ -389,13 +393,11 @@ def _backward(ctx, grad_out, grad_h_last, grad_block_starts):
     u, delta, A_t, B, C, D, z, delta_bias, block_starts = ctx.saved_tensors
     if grad_out is None and grad_h_last is None:
         return (None,) * 11
-    steps = ctx.steps
     if not ctx.save_states:  # `block_starts` holds h0: rerun the forward for the block boundary states
         block_starts = torch.ops.storm_hf.selective_scan_fwd(u, delta, A_t, B, C, D, z, delta_bias, block_starts,
                                                              ctx.softplus, True)[2]
-        steps = _steps_per_block(u.shape[0], u.shape[1], A_t.shape[0], u.shape[2])  # the blocks just used
     grads = torch.ops.storm_hf.selective_scan_bwd(grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias,
-                                                  block_starts, ctx.softplus, steps)
+                                                  block_starts, ctx.softplus, ctx.steps)
     grad_u, grad_delta, grad_A_t, grad_B, grad_C, grad_D, grad_z, grad_bias, grad_h0 = grads
     return (grad_u, grad_delta, grad_A_t, grad_B, grad_C, None if D is None else grad_D, None if z is None else grad_z,
             None if delta_bias is None else grad_bias, grad_h0, None, None)

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from ..inference import expanded_prompt_ids, video_question_prompt
+from ..modeling_storm import change_scan_order
+from .scoring import _option_ids, _sequence_loglikelihoods
+
 
 def _window_reversed(frames: torch.Tensor, k: int) -> torch.Tensor:
     """(frames, ...) with the frames of each aligned window of ``k`` reversed (a last partial window too)."""
@@ -43,8 +47,6 @@ def cross_frame_reach(model, pixel_values: torch.Tensor, max_distance: int = 4, 
     with torch.no_grad():
         tokens = inner.projector(inner.vision_patch_features(pixel_values.to(inner.device, inner.dtype)))
     per_frame = tokens.shape[1]
-    from ..modeling_storm import change_scan_order
-
     hidden = tokens.reshape(1, frames * per_frame, -1)  # raster order: the layer input of layer 0
     reach = {}
     centres = range(max_distance, frames - max_distance)
@@ -85,38 +87,30 @@ def window_order_signal(model, processor, clips, options_and_answers=None) -> di
 
     ``clips``: a list of (frames, 3, H, W) pixel tensors (the processor's ``pixel_values_videos[i]``).
     ``options_and_answers``: optional, per clip ``(question, options, answer)``; with it the accuracy of the
-    option with the highest log-likelihood (after the question in the processor's chat template) is measured on the frames as they are and reversed in each window.
+    option with the highest log-likelihood (after the question in the processor's chat template) is measured
+    on the frames as they are and reversed in each window.
     Returns ``{"pooled_change": mean relative change of the pooled tokens, "accuracy": ...,
     "accuracy_window_reversed": ..., "reversal_drop": accuracy - accuracy_window_reversed}`` (the last three
     only with ``options_and_answers``)."""
-    from ..inference import expanded_prompt_ids
-    from .scoring import _option_ids, _sequence_loglikelihoods
-
     inner = model.model if hasattr(model, "model") else model
     k = model.config.temporal_pool_k
-    changes, right, right_reversed = [], 0, 0
+    changes, right = [], [0, 0]  # correct answers: frames as given, frames reversed in each window
     for number, frames in enumerate(clips):
         frames = frames.to(inner.device, inner.dtype)
         reversed_frames = _window_reversed(frames, k)
-        pooled, pooled_reversed = (inner.get_video_features(f[None]).pooler_output[0] for f in (frames, reversed_frames))
-        changes.append(float((pooled - pooled_reversed).norm() / pooled.norm().clamp_min(1e-12)))
+        pooled = [inner.get_video_features(f[None]).pooler_output[0] for f in (frames, reversed_frames)]
+        changes.append(float((pooled[0] - pooled[1]).norm() / pooled[0].norm().clamp_min(1e-12)))
         if options_and_answers is not None:
             question, options, answer = options_and_answers[number]
-            conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-            text = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-            prompt = expanded_prompt_ids(processor, text, frames.shape[0])
+            prompt = expanded_prompt_ids(processor, video_question_prompt(processor, question), frames.shape[0])
             ids = _option_ids(processor, options)
-            for features, tally in ((pooled, "right"), (pooled_reversed, "reversed")):
+            for slot, features in enumerate(pooled):
                 scores = _sequence_loglikelihoods(model, processor, prompt, features, list(options), ids)
-                correct = max(scores, key=scores.get) == answer
-                if tally == "right":
-                    right += correct
-                else:
-                    right_reversed += correct
+                right[slot] += max(scores, key=scores.get) == answer
     result = {"pooled_change": sum(changes) / max(1, len(changes)), "clips": len(changes)}
     if options_and_answers is not None:
-        result["accuracy"] = right / len(changes)
-        result["accuracy_window_reversed"] = right_reversed / len(changes)
+        result["accuracy"] = right[0] / len(changes)
+        result["accuracy_window_reversed"] = right[1] / len(changes)
         result["reversal_drop"] = result["accuracy"] - result["accuracy_window_reversed"]
     return result
 

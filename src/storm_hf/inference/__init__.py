@@ -9,9 +9,9 @@ evaluation, the apps and the integrations."""
 
 from .asking import DemoAnswer, SampledVideo, TokenClock, ask, sample_video, unknown_words
 from .loading import load
-from .prompts import expanded_prompt_ids, video_outputs
+from .prompts import expanded_prompt_ids, video_outputs, video_question_prompt
 from .settings import check_agreement, following_the_model, set_sampling_stride, set_token_reduction
 
 __all__ = ["load", "ask", "sample_video", "DemoAnswer", "SampledVideo", "TokenClock", "unknown_words",
            "set_token_reduction", "following_the_model", "set_sampling_stride", "check_agreement",
-           "expanded_prompt_ids", "video_outputs"]
+           "expanded_prompt_ids", "video_outputs", "video_question_prompt"]

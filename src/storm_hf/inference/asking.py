@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .prompts import video_question_prompt
+
 
 @dataclass
 class DemoAnswer:
@@ -103,8 +105,7 @@ def ask(model, processor, video, question: str, num_frames: int | None = None, m
         raise ValueError(f"ask: the question is empty ({question!r}); give a question about the video.")
     tell = on_event or (lambda kind, value: None)
     seconds = {}
-    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    prompt = video_question_prompt(processor, question)
     start = time.perf_counter()
     if isinstance(video, SampledVideo) or _is_file(video):
         sampled = video if isinstance(video, SampledVideo) else sample_video(

@@ -5,6 +5,12 @@
 from __future__ import annotations
 
 
+def video_question_prompt(processor, question: str) -> str:
+    """The processor's chat template for one user turn, a video then ``question``, ready for the answer."""
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+
 def expanded_prompt_ids(processor, text: str, frame_count: int | None) -> list[int]:
     """Token ids of a prompt, as the processor tokenizes it, whose one video placeholder becomes the processor's
     token count for ``frame_count`` frames (None: a prompt without a video)."""

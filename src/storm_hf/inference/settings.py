@@ -9,10 +9,7 @@ from contextlib import contextmanager
 
 def set_sampling_stride(model, processor, stride: int):
     """Test-time temporal sampling ``s`` on both the model and the processor, so token counts agree."""
-    if stride < 1:
-        raise ValueError(f"The sampling stride must be a positive integer, got {stride}.")
-    model.config.temporal_sample_s = stride
-    processor.temporal_sample_s = stride
+    set_token_reduction(model, processor, temporal_sample_s=stride)
 
 
 def set_token_reduction(model, processor, temporal_pool_k=None, spatial_pool_p=None, temporal_sample_s=None):
