@@ -25,8 +25,10 @@ been pretrained):
 
 Arms: baseline (no temporal encoder, VILA-style), STORM (bidirectional), STORM forward-only; reductions:
 none (k=1), temporal pooling k=4, spatial pooling p=2 (the same 25% token budget as k=4). The STORM arms take
-the encoder settings given (--scan-order, --temporal-layers, --dt-min, --dt-max; the scan order applies to
-the bidirectional arm only: the forward-only one stays raster, the order that can stream). Question types: --tasks all
+the encoder settings given (--scan-order, --temporal-layers, --dt-min, --dt-max, and --encoder-lr, the new
+encoder's own peak learning rate through `part_learning_rates`; the scan order applies to the bidirectional arm
+only: the forward-only one stays raster, the order that can stream). --arms, --reductions and --seeds run a part
+of the table. Question types: --tasks all
 (the default) adds the three within-window types (storm_hf.miniature.temporal_qa.WINDOW_TASKS) to the bundled
 model's mix; for every k = 4 run the window-reversal drop (the accuracy lost on those types when the frames
 are reversed inside each window of 4, storm_hf.evaluation.temporal.window_order_signal) is measured too: 0 for
@@ -113,10 +115,10 @@ def generator_id() -> str:
 
 
 def training_config(model_dir, train_file, data_root, output_dir, steps, seed, batch=BATCH, freeze=None,
-                    learning_rate=LEARNING_RATE):
+                    learning_rate=LEARNING_RATE, part_learning_rates=None):
     return {
         "model": model_dir, "train_file": train_file, "video_root": data_root, "num_frames": NUM_FRAMES,
-        "stage": "sft", "freeze": freeze or [], "resume": False,
+        "stage": "sft", "freeze": freeze or [], "resume": False, "part_learning_rates": part_learning_rates or {},
         "training": {
             "output_dir": output_dir, "max_steps": steps, "per_device_train_batch_size": batch,
             "learning_rate": learning_rate, "warmup_steps": max(1, steps // 20), "lr_scheduler_type": "cosine",
@@ -265,8 +267,10 @@ def run_job(job):
     name = f"{arm}_{reduction.replace('=', '')}_seed{seed}" + job.get("suffix", "")
     run_dir = os.path.join(work, "runs", name)
     result_file = os.path.join(run_dir, "result.json")
+    part_rates = ({"temporal_encoder": job["encoder_learning_rate"]}
+                  if job.get("encoder_learning_rate") and arm != "baseline" else {})
     wanted = {"steps": steps, "batch": batch, "base_stamp": json.load(open(base + ".json")),
-              "encoder": job.get("encoder") or {}}
+              "encoder": job.get("encoder") or {}, "part_learning_rates": part_rates}
     if os.path.exists(result_file) and {k: json.load(open(result_file)).get(k) for k in wanted} == wanted:
         return json.load(open(result_file))  # this run is done (an interrupted table resumes here)
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -274,7 +278,8 @@ def run_job(job):
     data = os.path.join(work, "data")
     start = time.perf_counter()
     text = run_train(training_config(init, os.path.join(data, "train.jsonl"), data, run_dir, steps, seed, batch=batch,
-                                     freeze=["vision_tower"], learning_rate=learning_rate),
+                                     freeze=["vision_tower"], learning_rate=learning_rate,
+                                     part_learning_rates=part_rates),
                      os.path.join(work, "runs", name + ".json"), threads)
     train_seconds = time.perf_counter() - start
     torch.set_num_threads(threads)
@@ -415,6 +420,11 @@ def main():
     parser.add_argument("--temporal-layers", type=int, default=None, help="temporal layers of the STORM arms")
     parser.add_argument("--dt-min", type=float, default=None, help="temporal_dt_min of the STORM arms")
     parser.add_argument("--dt-max", type=float, default=None, help="temporal_dt_max of the STORM arms")
+    parser.add_argument("--encoder-lr", type=float, default=None,
+                        help=f"peak learning rate of the STORM arms' temporal encoder (default: the runs' {LEARNING_RATE})")
+    parser.add_argument("--arms", nargs="+", choices=ARM_NAMES, help="only these arms (default: the mode's)")
+    parser.add_argument("--reductions", nargs="+", choices=tuple(REDUCTIONS), help="only these reductions")
+    parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
     args = parser.parse_args()
     settings = dict(QUICK if args.quick else FULL)
     settings["tasks"] = TASK_SETS[args.tasks]
@@ -424,6 +434,9 @@ def main():
                if value is not None}
     if args.steps:
         settings["steps"] = BUNDLE["steps"] = args.steps
+    for name in ("arms", "reductions", "seeds"):
+        if getattr(args, name):
+            settings[name] = tuple(getattr(args, name))
     work = args.work or ("/tmp/storm-temporal-qa" + ("-quick" if args.quick else "") +
                          ("" if args.tasks == "mix" else "-" + args.tasks))
     cores = os.cpu_count() or 1
@@ -435,17 +448,19 @@ def main():
     if args.base_only:
         return None
     if args.bundle:
-        return bundle(work, base, args.workers, threads, encoder)
+        return bundle(work, base, args.workers, threads, encoder, args.encoder_lr)
 
     jobs = [{"work": work, "base": base, "arm": arm, "reduction": reduction, "seed": seed,
-             "steps": settings["steps"], "threads": threads, "encoder": encoder,
+             "steps": settings["steps"], "threads": threads, "encoder": encoder, "encoder_learning_rate": args.encoder_lr,
              "window_signal": REDUCTIONS[reduction]["temporal_pool_k"] > 1}
             for seed in settings["seeds"] for reduction in settings["reductions"] for arm in settings["arms"]]
     with ThreadPoolExecutor(args.workers) as pool:
         results = list(pool.map(run_job, jobs))
     torch.set_num_threads(cores)
     data = os.path.join(work, "data")
-    settings_to_time = {f"{arm} {reduction} s={s}": (os.path.join(work, "runs", f"{arm}_{reduction.replace('=', '')}_seed0"), s)
+    first_seed = settings["seeds"][0]
+    settings_to_time = {f"{arm} {reduction} s={s}":
+                        (os.path.join(work, "runs", f"{arm}_{reduction.replace('=', '')}_seed{first_seed}"), s)
                         for reduction in settings["reductions"] for arm in settings["arms"] for s in (1, 2)}
     prefill = prefill_times(settings_to_time, data, os.path.join(data, "test.jsonl"))
     tasks = list(settings["tasks"])
@@ -463,7 +478,7 @@ def main():
     log(f"total {total / 60:.1f} min; results in {output}")
 
 
-def bundle(work, base, workers, threads, encoder=None):
+def bundle(work, base, workers, threads, encoder=None, encoder_learning_rate=None):
     """Train the bundled STORM (bidirectional, k=4) with more steps than the table's runs, and beside it the
     baseline at k=4 with the same steps (the comparison at this longer budget); evaluate both on the test
     clips and copy the STORM checkpoint into the package (storm_hf.miniature.BUNDLED_MODEL)."""
@@ -471,7 +486,8 @@ def bundle(work, base, workers, threads, encoder=None):
 
     steps = BUNDLE["steps"]
     jobs = [{"work": work, "base": base, "arm": arm, "reduction": "k=4", "seed": 0, "steps": steps,
-             "threads": threads, "suffix": f"_steps{steps}", "encoder": encoder, "window_signal": True}
+             "threads": threads, "suffix": f"_steps{steps}", "encoder": encoder, "window_signal": True,
+             "encoder_learning_rate": encoder_learning_rate}
             for arm in ("storm", "baseline")]
     with ThreadPoolExecutor(workers) as pool:
         results = dict(zip(("storm", "baseline"), pool.map(run_job, jobs)))

@@ -48,6 +48,13 @@ def write(tmp_path, name, text):
      "unknown key 'max_step' in training (not a transformers.TrainingArguments field); did you mean 'max_steps'?"),
     ("job.json", json.dumps({**GOOD, "stage": "full"}), "unknown stage 'full'; choose one of alignment, sft, lora."),
     ("job.json", json.dumps({**GOOD, "num_frames": 2.5}), "num_frames must be a whole number of frames, at least 1; got 2.5."),
+    ("job.json", json.dumps({**GOOD, "part_learning_rates": {"temporal": 1e-3}}),
+     "unknown key 'temporal' in part_learning_rates (the parts are vision_tower, projector, temporal_encoder, "
+     "language_model, lm_head); did you mean 'temporal_encoder'?"),
+    ("job.json", json.dumps({**GOOD, "part_learning_rates": {"projector": "fast"}}),
+     "part_learning_rates.projector must be a learning rate (a number >= 0), got 'fast'."),
+    ("job.json", json.dumps({**GOOD, "part_learning_rates": [1e-3]}),
+     "'part_learning_rates' must be a mapping of part to learning rate"),
 ])
 def test_train_config_errors_are_one_line_with_status_2(tmp_path, capsys, name, text, message):
     path = str(tmp_path / name) if text is None else write(tmp_path, name, text)

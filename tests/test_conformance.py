@@ -258,3 +258,38 @@ def test_optimizer_takes_no_weight_decay_on_ssm_parameters_norms_and_biases(tmp_
         assert not name.endswith((".A_log", ".D", ".bias")) and ".norm." not in name and "layernorm" not in name, name
     assert any(n.endswith(".A_log") for n in free) and any(n.endswith(".D") for n in free)
     assert any(".temporal_encoder." in n and n.endswith("in_proj.weight") for n in decayed)
+
+
+@pytest.mark.parametrize("stage", ["sft", "lora"])
+def test_part_learning_rates_give_a_part_its_own_peak_on_the_same_schedule(tmp_path, stage):
+    from transformers import TrainingArguments
+
+    from storm_hf.training import apply_training_stage
+    from storm_hf.training.job import StormTrainer
+
+    model = apply_training_stage(tiny_model(), stage, lora_rank=4)
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, warmup_steps=2,
+                             lr_scheduler_type="cosine", report_to=[], use_cpu=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def decay_by_name(optimizer):
+        return {names[id(p)]: group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+
+    plain = decay_by_name(StormTrainer(model=model, args=args).create_optimizer())
+    trainer = StormTrainer(model=model, args=args)
+    trainer.part_learning_rates = {"temporal_encoder": 5e-3}
+    optimizer = trainer.create_optimizer()
+    assert decay_by_name(optimizer) == plain  # weight decay as without part rates (none on A_log / D)
+    by_rate = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            by_rate.setdefault(group["lr"], set()).add(names[id(p)])
+    assert set(by_rate) == {1e-3, 5e-3}
+    assert by_rate[5e-3] == {n for n, p in model.named_parameters() if p.requires_grad and ".temporal_encoder." in n}
+    assert sum(len(v) for v in by_rate.values()) == sum(p.requires_grad for p in model.parameters())
+    scheduler = trainer.create_scheduler(10, optimizer)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    rates = {group["lr"] / group["initial_lr"] for group in optimizer.param_groups}
+    assert len(rates) == 1 and 0 < rates.pop() < 1  # every group at the same point of the same schedule

@@ -100,6 +100,8 @@ def test_changed_settings_are_refused_unless_resume_with_changes(data, base, tmp
     with pytest.raises(ValueError, match=r"\(train_batch_size 2 -> 3\)"):
         train(issue_job(data, base, output, 6, per_device_train_batch_size=3))
     plan.write_text(saved)
+    with pytest.raises(ValueError, match=r"\(part_learning_rates \{\} -> \{'temporal_encoder': 0.01\}\)"):
+        train(issue_job(data, base, output, 6) | {"part_learning_rates": {"temporal_encoder": 1e-2}})
     capsys.readouterr()
     resumed = train(changed | {"resume_with_changes": True})
     assert "resume_with_changes: true: resuming from" in capsys.readouterr().out and resumed.end_step == 6

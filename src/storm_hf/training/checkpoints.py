@@ -41,7 +41,7 @@ _MODEL_WEIGHTS = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors(\.index\.jso
 # apply; batch size, accumulation, world size and seeds change which examples each step sees.
 COMPARED_SETTINGS = ("stage", "num_frames", "per_device_train_batch_size", "gradient_accumulation_steps",
                      "world_size", "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
-                     "weight_decay", "optim", "max_grad_norm", "seed", "data_seed")
+                     "weight_decay", "optim", "max_grad_norm", "seed", "data_seed", "part_learning_rates")
 
 
 def _plain(value):

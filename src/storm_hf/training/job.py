@@ -12,6 +12,8 @@ CONFIG is a JSON or YAML file (the keys marked * are required; any other top-lev
                                      # lora (LoRA on the LLM; projector + temporal encoder train); default lora
     freeze: [vision_tower]           # optional: parts kept fixed on top of the stage (vision_tower, projector,
                                      # temporal_encoder, language_model, lm_head)
+    part_learning_rates: {temporal_encoder: 1.0e-3}   # optional: a part's own peak learning rate (same
+                                     # schedule); the other parts train at training.learning_rate
     lora: {rank: 16, alpha: 32, dropout: 0.05}   # the LoRA adapters (stage lora)
     merge_lora: false                # also write a merged full checkpoint to OUTPUT_DIR/merged
     resume: auto                     # auto (last whole checkpoint in output_dir, if any) | a checkpoint path |
@@ -57,8 +59,9 @@ from transformers import Trainer, TrainerCallback
 
 
 # The top-level keys a job may have (see the module docstring); anything else is a typo to report.
-CONFIG_KEYS = ("model", "processor", "train_file", "video_root", "num_frames", "stage", "freeze", "lora",
-               "merge_lora", "resume", "extend_schedule", "resume_with_changes", "training")
+CONFIG_KEYS = ("model", "processor", "train_file", "video_root", "num_frames", "stage", "freeze",
+               "part_learning_rates", "lora", "merge_lora", "resume", "extend_schedule", "resume_with_changes",
+               "training")
 # TrainingArguments' deprecated names (transformers 5.x warns; 6 drops them) and the names that replace them.
 _RENAMED_TRAINING_ARGS = {"gradient_checkpointing": "activation_checkpointing",
                           "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
@@ -150,6 +153,17 @@ def validate_config(config) -> dict:
         if config.get(key) is not None and not isinstance(config[key], kind):
             raise ValueError(f"{key!r} must be a {'mapping (rank, alpha, dropout)' if key == 'lora' else 'list of parts'}"
                              f", got {config[key]!r}.")
+    rates = config.get("part_learning_rates")
+    if rates is not None:
+        if not isinstance(rates, dict):
+            raise ValueError(f"'part_learning_rates' must be a mapping of part to learning rate "
+                             f"({{temporal_encoder: 1.0e-3}}), got {rates!r}.")
+        from .data import PARTS
+
+        unknown(rates, PARTS, f"in part_learning_rates (the parts are {', '.join(PARTS)})")
+        for part, rate in rates.items():
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate >= 0:
+                raise ValueError(f"part_learning_rates.{part} must be a learning rate (a number >= 0), got {rate!r}.")
     return {**config, "training": training}
 
 
@@ -206,6 +220,34 @@ class StormTrainer(Trainer):
 
     train_plan: dict | None = None
     schedule_check = None
+    part_learning_rates: dict | None = None
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer; with `part_learning_rates` ({part: peak learning rate}) each parameter group is
+        split by part, so that a part (e.g. a new temporal encoder next to a pretrained LLM) follows the same
+        schedule from its own peak."""
+        if self.optimizer is not None or not self.part_learning_rates:
+            return super().create_optimizer(model)
+        optimizer = super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        part_of = {}
+        for name, parameter in opt_model.named_parameters():
+            part = next((p for p in self.part_learning_rates if f".{p}." in f".{name}"), None)
+            if part is not None:
+                part_of[id(parameter)] = part
+        groups = []
+        for group in optimizer.param_groups:
+            settings = {key: value for key, value in group.items() if key != "params"}
+            for part in (None, *self.part_learning_rates):
+                params = [p for p in group["params"] if part_of.get(id(p)) == part]
+                if params:
+                    rate = settings["lr"] if part is None else float(self.part_learning_rates[part])
+                    groups.append({**settings, "params": params, "lr": rate})
+        # The optimizer holds no state yet: its groups are replaced in place (any torch optimizer class).
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
 
     def get_decay_parameter_names(self, model) -> list[str]:
         skip = no_weight_decay_parameter_names(model)
@@ -386,7 +428,8 @@ def train(config: dict, callbacks=None):
     from .checkpoints import (changed_settings, checkpoint_problem, finished_record,
                                        last_complete_checkpoint, read_plan, training_plan)
 
-    plan = training_plan(args, stage=stage, num_frames=config.get("num_frames"))
+    part_rates = {part: float(rate) for part, rate in sorted((config.get("part_learning_rates") or {}).items())}
+    plan = training_plan(args, stage=stage, num_frames=config.get("num_frames"), part_learning_rates=part_rates)
     resume = config.get("resume", "auto")
     if resume == "auto":  # the last whole checkpoint: half-written ones (a killed save) are skipped and named
         resume = last_complete_checkpoint(args.output_dir, say, model_only=args.save_only_model)
@@ -446,7 +489,8 @@ def train(config: dict, callbacks=None):
                                  num_frames=config.get("num_frames"))
     trainer = run.trainer = StormTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                                          callbacks=[*(callbacks or []), _StartsTraining(args.output_dir)])
-    trainer.train_plan = {"stage": stage, "num_frames": config.get("num_frames")}
+    trainer.train_plan = {"stage": stage, "num_frames": config.get("num_frames"), "part_learning_rates": part_rates}
+    trainer.part_learning_rates = part_rates
     if resume:
         trainer.schedule_check = _schedule_check(resume, state, args, bool(config.get("extend_schedule")), say)
     trainer.train(resume_from_checkpoint=resume or None)
