@@ -48,12 +48,28 @@ def untrained(tmp_path_factory):
 
 def test_held_out_clips_show_question_expected_and_given(untrained):
     out = demo("--model", untrained, "--clips", "3").stdout
-    assert len(re.findall(r"^\[\w+\] .+\?$", out, flags=re.M)) == 3
+    assert len(re.findall(r"^\[\w+\] .+\?$", out, flags=re.M)) == 3 + 1  # and the window-reversal clip
     assert len(re.findall(r"expected: \w+ +given: ", out)) == 3
     assert re.search(r"\d of 3 correct \(held-out test clips, seed 0\)", out)
     assert "visual tokens per clip: 256 before reduction, 64 after (4.0x fewer)" in out
     for stage in STAGES:
         assert re.search(rf"^  {stage} +\d+\.\d ms$", out, flags=re.M), stage
+    # then the window-reversal check: a colour_change clip as recorded and with each window of 4 reversed
+    assert "order inside one pooling window (k=4; the model has a temporal encoder):" in out
+    assert re.search(r"^\[colour_change\] which colour appears first on the \w+ , \w+ or \w+ \?$", out, flags=re.M)
+    assert re.search(r"^    as recorded: +answer .+ \(right: \w+\)$", out, flags=re.M)  # untrained: any words
+    assert re.search(r"^    frames reversed inside each window of 4: +answer .+ \(right: \w+\)$", out, flags=re.M)
+
+
+def test_without_temporal_encoder_the_window_reversal_check_gives_the_same_answer_both_ways(tmp_path):
+    # The baseline's k=4 pooled tokens are the same set of frames averaged either way: the same answer by
+    # construction (the check's sanity condition); a model that pools nothing skips the check.
+    baseline = str(build_initial_checkpoint(tmp_path / "baseline", mini_config("baseline", 4)))
+    out = demo("--model", baseline, "--clips", "1").stdout
+    assert "order inside one pooling window (k=4; the model has no temporal encoder):" in out
+    assert "the same answer both ways: the order inside the window did not reach the answer" in out
+    unpooled = str(build_initial_checkpoint(tmp_path / "k1", mini_config("storm", 1)))
+    assert "order inside one pooling window" not in demo("--model", unpooled, "--clips", "1").stdout
 
 
 def test_one_generated_clip_with_sampling_gives_the_full_report(untrained):

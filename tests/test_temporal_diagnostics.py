@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from storm_hf import StormProcessor
-from storm_hf.evaluation.temporal import _window_reversed, cross_frame_reach, window_order_signal
+from storm_hf.evaluation.temporal import _window_reversed, cross_frame_reach, window_order_signal, window_reversed_order
 from storm_hf.miniature import mini_config, mini_tokenizer, new_model
 from storm_hf.miniature.temporal_qa import clip_rng, make_clip
 
@@ -33,6 +33,10 @@ def arms():
 def test_window_reversal_reverses_each_aligned_window():
     frames = torch.arange(10)
     assert _window_reversed(frames, 4).tolist() == [3, 2, 1, 0, 7, 6, 5, 4, 9, 8]
+    assert window_reversed_order(6, 4) == [3, 2, 1, 0, 5, 4] and window_reversed_order(3, 1) == [0, 1, 2]
+    assert window_reversed_order(0, 4) == []
+    with pytest.raises(ValueError, match="k must be at least 1, got 0"):
+        window_reversed_order(4, 0)
 
 
 def test_the_baseline_cannot_see_order_inside_a_window_and_storm_can(arms):

@@ -1,8 +1,9 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
 """`storm-hf demo`: ask a STORM model about a video and show what it saw and where the time went.
 
-    storm-hf demo                                   # a few held-out benchmark clips: question, expected, given
-    storm-hf demo --task order_in_window --seed 3   # one generated benchmark clip, with the full report
+    storm-hf demo                                   # one held-out benchmark clip per question type: question,
+                                                    # expected, given; then the window-reversal check below
+    storm-hf demo --task colour_change --seed 3     # one generated benchmark clip, with the full report
     storm-hf demo --video clip.mp4 --question "which way does the white square move ?"
     storm-hf demo --video https://example.com/clip.mp4 --question "what happens ?"   # a URL is downloaded first
     storm-hf demo --web [--port 7860]              # the same on a web page (needs Gradio, see --web)
@@ -13,6 +14,11 @@ their timestamps, the visual tokens before and after token reduction, and the ti
 decode, vision tower, projector, temporal encoder, token reduction, LLM prefill, decode), each stage run by
 the model's own stage methods (`StormModel.vision_patch_features`, `projector`, `encode_in_time`, `reduce_tokens`)
 and the LLM through `generate()`.
+
+Without arguments the demo ends with the check STORM exists for: a within-window clip (the order of two events
+inside one window of k frames, which k-frame pooling alone erases) asked as recorded and again with the frames
+of each window reversed. A model without temporal encoder sees the same pooled tokens both ways, so it must
+give the same answer; a STORM whose encoder wrote the order into its tokens answers the other way.
 """
 
 from __future__ import annotations
@@ -47,9 +53,38 @@ def _report(result: DemoAnswer, model, header: str):
 
 
 def _held_out_clips(count: int, seed: int):
-    from ..miniature.temporal_qa import TASKS, clip_rng, make_clip
+    from ..miniature.temporal_qa import ALL_TASKS, clip_rng, make_clip
 
-    return [make_clip(clip_rng("test", seed, i), TASKS[i % len(TASKS)]) for i in range(count)]
+    return [make_clip(clip_rng("test", seed, i), ALL_TASKS[i % len(ALL_TASKS)]) for i in range(count)]
+
+
+def _window_reversal_check(model, processor, folder: str, seed: int, num_frames, max_new_tokens):
+    """Ask a colour_change clip (a colour for 2 frames, then another for 2, inside one window of k) as recorded
+    and with the frames of each window reversed; print both answers. Returns (as recorded, reversed) or None
+    for a model that pools no frames (k = 1: nothing is erased, nothing to check)."""
+    from ..evaluation.temporal import window_reversed_order
+    from ..miniature.temporal_qa import clip_rng, make_clip, write_video
+
+    k = model.config.temporal_pool_k
+    if k < 2:
+        return None
+    clip = make_clip(clip_rng("test", seed, 0), "colour_change")
+    sampled = sample_video(processor, write_video(os.path.join(folder, "window.mp4"), clip.frames), num_frames)
+    order = window_reversed_order(len(sampled.indices), k)
+    reversed_video = SampledVideo(**{**vars(sampled), "frames": sampled.frames[order],
+                                     "indices": [sampled.indices[i] for i in order],
+                                     "timestamps": [sampled.timestamps[i] for i in order]})
+    recorded = ask(model, processor, sampled, clip.question, max_new_tokens=max_new_tokens).answer
+    flipped = ask(model, processor, reversed_video, clip.question, max_new_tokens=max_new_tokens).answer
+    other = next(option for option in clip.options if option != clip.answer)  # first once the window is reversed
+    encoder = "a temporal encoder" if model.config.temporal_num_layers else "no temporal encoder"
+    print(f"order inside one pooling window (k={k}; the model has {encoder}):\n"
+          f"[colour_change] {clip.question}\n"
+          f"    as recorded:                              answer {recorded} (right: {clip.answer})\n"
+          f"    frames reversed inside each window of {k}:  answer {flipped} (right: {other})\n"
+          + ("    the answer follows the order inside the window: it survived the pooling" if recorded != flipped
+             else "    the same answer both ways: the order inside the window did not reach the answer"))
+    return recorded, flipped
 
 
 def main(argv=None):
@@ -62,7 +97,8 @@ def main(argv=None):
                         "clip's own)")
     parser.add_argument("--task", help="generate one held-out benchmark clip of this question type")
     parser.add_argument("--seed", type=int, default=0, help="which generated clip (with --task, or without arguments)")
-    parser.add_argument("--clips", type=int, default=7, help="held-out clips to run without arguments (default 7)")
+    parser.add_argument("--clips", type=int, default=10, help="held-out clips to run without arguments (default 10, "
+                        "one per question type of storm_hf.miniature.temporal_qa.ALL_TASKS)")
     parser.add_argument("--num-frames", type=int, help="frames sampled from the video (default: the processor's)")
     parser.add_argument("--sampling-stride", type=int, help="test-time temporal sampling s (model and processor)")
     parser.add_argument("--max-new-tokens", type=int, help="answer length at most (default 8; 64 with --web)")
@@ -78,6 +114,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.question is not None and not args.question.strip():
         parser.error("--question is empty: give a question about the video")
+    if args.clips < 1:
+        parser.error(f"--clips must be at least 1, got {args.clips}")
     if args.web:
         if args.video or args.task:
             parser.error("--web serves a page where videos are uploaded: give --video or --task without --web")
@@ -141,10 +179,10 @@ def main(argv=None):
                 video = downloads.enter_context(local_source(args.video))  # a URL: one download for both runs
                 question, expected = args.question, None
             else:
-                from ..miniature.temporal_qa import TASKS, clip_rng, make_clip, write_video
+                from ..miniature.temporal_qa import ALL_TASKS, clip_rng, make_clip, write_video
 
-                if args.task not in TASKS:
-                    parser.error(f"--task must be one of {', '.join(TASKS)}")
+                if args.task not in ALL_TASKS:
+                    parser.error(f"--task must be one of {', '.join(ALL_TASKS)}")
                 clip = make_clip(clip_rng("test", args.seed, 0), args.task)
                 video = write_video(os.path.join(folder, "clip.mp4"), clip.frames)
                 question, expected = args.question or clip.question, None if args.question else clip.answer
@@ -180,6 +218,8 @@ def main(argv=None):
     print(f"time per stage, median over the {len(results)} clips:")
     for stage in first.seconds:
         print(f"  {stage:18s} {statistics.median(r.seconds[stage] for r in results) * 1000:8.1f} ms")
+    with tempfile.TemporaryDirectory() as folder:
+        _window_reversal_check(model, processor, folder, args.seed, args.num_frames, args.max_new_tokens)
     return results
 
 

@@ -21,12 +21,21 @@ from ..modeling_storm import change_scan_order
 from .scoring import _option_ids, _sequence_loglikelihoods
 
 
+def window_reversed_order(num_frames: int, k: int) -> list[int]:
+    """Frame indices 0..num_frames-1 with each aligned window of ``k`` reversed (a last partial window too):
+    the order that leaves a k-frame average pool's input set per window, and so the pooled tokens of a model
+    without temporal encoder, unchanged. ``window_reversed_order(6, 4) == [3, 2, 1, 0, 5, 4]``."""
+    if k < 1:
+        raise ValueError(f"window_reversed_order: k must be at least 1, got {k}.")
+    order = []
+    for start in range(0, num_frames, k):
+        order.extend(reversed(range(start, min(start + k, num_frames))))
+    return order
+
+
 def _window_reversed(frames: torch.Tensor, k: int) -> torch.Tensor:
     """(frames, ...) with the frames of each aligned window of ``k`` reversed (a last partial window too)."""
-    order = []
-    for start in range(0, frames.shape[0], k):
-        order.extend(reversed(range(start, min(start + k, frames.shape[0]))))
-    return frames[order]
+    return frames[window_reversed_order(frames.shape[0], k)]
 
 
 def cross_frame_reach(model, pixel_values: torch.Tensor, max_distance: int = 4, probes: int = 4,
@@ -115,4 +124,4 @@ def window_order_signal(model, processor, clips, options_and_answers=None) -> di
     return result
 
 
-__all__ = ["cross_frame_reach", "window_order_signal"]
+__all__ = ["cross_frame_reach", "window_order_signal", "window_reversed_order"]
