@@ -86,7 +86,8 @@ def long_clip(path, seconds=30, fps=8):
 
 def test_every_bundled_example_clip_is_answered_right_on_the_page(bundled):
     clips = example_clips()
-    assert [c["task"] for c in clips] == ["direction", "flash_count", "first_appeared", "stop_or_reverse"]
+    assert [c["task"] for c in clips] == ["direction", "flash_count", "first_appeared", "stop_or_reverse",
+                                          "colour_change"]
     model, _ = bundled
     for clip in clips:
         pages = run(bundled, Request(clip["video"], clip["question"]))

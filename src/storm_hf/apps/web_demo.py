@@ -53,7 +53,8 @@ def example_clips() -> list[dict]:
 
 
 def write_example_clips(folder, model, processor, tasks=("direction", "flash_count", "first_appeared",
-                                                         "stop_or_reverse"), scale: int = 4, seed: int = 100):
+                                                         "stop_or_reverse", "colour_change"), scale: int = 4,
+                        seed: int = 100):
     """Write one held-out benchmark clip per task that ``model`` answers right, ``scale`` times larger (so a
     browser shows more than a stamp; the processor scales it back down) in H.264 4:2:0, which browsers play,
     and ``clips.json``. Rebuilds the bundled examples: ``write_example_clips(EXAMPLES_DIR, *load())``."""
