@@ -163,8 +163,11 @@ class StormConfig(PreTrainedConfig):
             position, so the depthwise convolution (``temporal_d_conv`` steps) and the scan's most recent steps
             span consecutive frames at one place. `"alternating"`: raster in even layers (the first),
             time-major in odd ones. Time-major layers cannot `stream` (a position's later frames come before the
-            next position's first). *ours* (measured on the miniature's within-window tasks, see
-            benchmarks/RESULTS.md)
+            next position's first). *ours*. Measured on the miniature's within-window questions
+            (benchmarks/RESULTS.md): a bidirectional encoder trained from scratch carries order through k=4
+            pooling with `"alternating"` and 2 layers (the bundled model), not with one raster layer. The
+            default stays the paper's `"raster"`: configs saved before this field existed load as trained, and
+            streaming needs it.
         temporal_dt_min (`float`, defaults to 0.001), temporal_dt_max (`float`, defaults to 0.1):
             The range of the SSM's initial time steps: ``dt = exp(U(log dt_min, log dt_max))`` per channel, as in
             mamba_ssm. A larger ``dt`` forgets faster and weighs the current token more.
