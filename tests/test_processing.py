@@ -199,3 +199,32 @@ def test_bad_sampling_settings_are_named_before_any_file_is_read(setting, tmp_pa
     for budget in (None, 10_000):  # the frame budget must not round 2.5 down to 2 silently
         with pytest.raises(ValueError, match=rf"StormProcessor: {name} must be .*; got {value!r}\.$"):
             processor(text="<video> what", videos=[missing], max_visual_tokens=budget, **setting)
+
+
+@pytest.mark.parametrize("k,p,s", [(4, 1, 1), (2, 2, 2)])
+def test_token_counts_by_size_and_replacement_offsets_agree_with_the_call(clip, k, p, s):
+    # What vLLM's Transformers backend asks: the placeholder count per video from its size alone
+    # (`_get_num_multimodal_tokens`), and where each placeholder went (`text_replacement_offsets`).
+    config, processor = make(StormConfig.from_preset("tiny", temporal_pool_k=k, spatial_pool_p=p, temporal_sample_s=s),
+                             num_frames=7)
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 255, (n, 20, 24, 3), dtype=np.uint8) for n in (30, 5, 1)]
+    image = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    texts = ["<video> what happens ? <image>", "describe <video> and <video> ."]
+    for settings in ({}, {"num_frames": 3}, {"do_sample_frames": False}, {"num_frames": 12, "max_frames": 4}):
+        inputs = processor(text=texts, videos=videos, images=[image], return_text_replacement_offsets=True, **settings)
+        counted = processor._get_num_multimodal_tokens(video_sizes=[v.shape[:3] for v in videos],
+                                                       image_sizes=[image.shape[:2]], **settings)
+        assert counted.num_video_tokens == [config.num_visual_tokens(n) for n in inputs["video_num_frames"].tolist()]
+        assert counted.num_image_tokens == [config.num_visual_tokens(1)]
+        offsets = inputs["text_replacement_offsets"]
+        assert [[o["type"] for o in row] for row in offsets] == [["video", "image"], ["video", "video"]]
+        for text, row in zip(texts, offsets):
+            for o in row:
+                assert text[o["span"][0]:o["span"][1]] == o["text"] == f"<{o['type']}>"
+                assert o["new_span"][1] - o["new_span"][0] == len(o["replacement"])
+        tokens = [o["replacement"].count(o["text"]) for row in offsets for o in row if o["type"] == "video"]
+        assert tokens == counted.num_video_tokens
+        assert processor.replace_video_token(inputs, 1) == "<video>" * counted.num_video_tokens[1]
+        assert processor.replace_image_token(inputs, 0) == "<image>" * config.num_visual_tokens(1)
+        assert "text_replacement_offsets" not in processor(text=texts, videos=videos, images=[image], **settings)

@@ -325,3 +325,28 @@ def test_dt_settings_reach_every_mixer_and_bad_values_are_refused():
                          ({"temporal_dt_init": "zeros"}, "temporal_dt_init")):
         with pytest.raises(ValueError, match=message):
             tiny_config(**bad)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"temporal_scan_order": "alternating", "temporal_num_layers": 2},
+                                       {"temporal_direction_merge": "concat"}, {"temporal_share_projections": True}])
+def test_every_linear_layer_of_the_model_gets_a_row_contiguous_input(overrides):
+    # Serving engines (vLLM) replace nn.Linear with GEMMs that refuse inputs whose last dimension is strided
+    # ("Expected a.stride(-1) == 1"); every Linear of the model, the temporal encoder's included, must get one
+    # whose rows are contiguous.
+    from .conftest import tiny_model, video_prompt
+
+    model = tiny_model(**overrides)
+    strided = []
+
+    def check(module, args):
+        if args[0].stride(-1) != 1:
+            strided.append(module)
+
+    names = {module: name for name, module in model.named_modules()}
+    hooks = [m.register_forward_pre_hook(check) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    input_ids = video_prompt(model.config, [8])
+    with torch.no_grad():
+        model(input_ids=input_ids, pixel_values_videos=torch.randn(1, 8, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    assert not strided, [names[m] for m in strided]

@@ -5,12 +5,14 @@ number of visual tokens the model will produce for that video (the same `num_vid
 
 from __future__ import annotations
 
+import numpy as np
+
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin, TextKwargs
 from transformers.utils import logging
 
 from .configuration_storm import num_video_tokens
-from .video_io import check_sampling
+from .video_io import check_sampling, sample_frame_indices
 from .video_processing_storm import StormVideoProcessor, _is_frame_list
 
 logger = logging.get_logger(__name__)
@@ -132,7 +134,7 @@ class StormProcessor(ProcessorMixin):
         return super().apply_chat_template(conversation, *args, **kwargs)
 
     def __call__(self, text=None, videos=None, images=None, return_tensors=None, padding=True,
-                 max_visual_tokens=None, **kwargs) -> BatchFeature:
+                 max_visual_tokens=None, return_text_replacement_offsets=False, **kwargs) -> BatchFeature:
         """
         Args:
             text: a string or a list of strings, each with one `video_token` per video it refers to.
@@ -142,7 +144,8 @@ class StormProcessor(ProcessorMixin):
                 and tokenizer settings (`padding`, `truncation`, `max_length`, `add_special_tokens`, ...).
         Returns:
             `BatchFeature` with `input_ids`, `attention_mask` and, with videos, `pixel_values_videos` and
-            `video_num_frames` (and `video_metadata` when asked).
+            `video_num_frames` (and `video_metadata` when asked; `text_replacement_offsets`, where each placeholder
+            was expanded, with ``return_text_replacement_offsets=True``).
         """
         if text is None:
             raise ValueError("StormProcessor: `text` is required.")
@@ -191,25 +194,90 @@ class StormProcessor(ProcessorMixin):
                 f"StormProcessor: the text has {image_placeholders} {self.image_token} placeholders but "
                 f"{len(image_list)} images were given."
             )
-        texts = [t.replace(self.image_token, self.image_token * self.num_visual_tokens(1)) for t in texts]
         placeholders = sum(t.count(self.video_token) for t in texts)
         if placeholders != len(counts):
             raise ValueError(
                 f"StormProcessor: the text has {placeholders} {self.video_token} placeholders but {len(counts)} "
                 "videos were given."
             )
-        expanded, video = [], 0
-        for t in texts:
-            pieces = t.split(self.video_token)
-            out = pieces[0]
-            for piece in pieces[1:]:
-                out += self.video_token * self.num_visual_tokens(counts[video]) + piece
-                video += 1
-            expanded.append(out)
+        expanded, offsets = self._expand_placeholders(texts, counts)
         kwargs.pop("return_dict", None)
         encoded = self.tokenizer(expanded, padding=padding, return_tensors=None, **kwargs)
         data.update(encoded)
-        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["video_metadata"])
+        if return_text_replacement_offsets:
+            data["text_replacement_offsets"] = offsets
+        return BatchFeature(data=data, tensor_type=return_tensors,
+                            skip_tensor_conversion=["video_metadata", "text_replacement_offsets"])
+
+    def _expand_placeholders(self, texts: list[str], video_frames: list[int]):
+        """Each image placeholder becomes `num_visual_tokens(1)` of itself, each video placeholder
+        `num_visual_tokens(frames)` of itself (videos in order over the batch). Returns the expanded texts and,
+        per text, where each placeholder was and where its expansion is (transformers' `text_replacement_offsets`
+        format, which vLLM's Transformers backend reads): dicts of ``type``, ``span`` (in the text given),
+        ``new_span`` (in the expanded text), ``text`` and ``replacement``."""
+        expanded, all_offsets, video = [], [], 0
+        tokens = {self.image_token: "image", self.video_token: "video"}
+        for text in texts:
+            out, offsets, position = [], [], 0
+            length = 0  # of the expanded text so far
+            while True:
+                found = [(text.find(token, position), token) for token in tokens]
+                found = [(at, token) for at, token in found if at >= 0]
+                if not found:
+                    break
+                at, token = min(found)
+                out.append(text[position:at])
+                length += at - position
+                if tokens[token] == "video":
+                    replacement = token * self.num_visual_tokens(video_frames[video])
+                    video += 1
+                else:
+                    replacement = token * self.num_visual_tokens(1)
+                offsets.append({"type": tokens[token], "span": (at, at + len(token)),
+                                "new_span": (length, length + len(replacement)), "text": token,
+                                "replacement": replacement})
+                out.append(replacement)
+                length += len(replacement)
+                position = at + len(token)
+            out.append(text[position:])
+            expanded.append("".join(out))
+            all_offsets.append(offsets)
+        return expanded, all_offsets
+
+    def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        """The expansion of the ``video_idx``-th video's placeholder (transformers' multimodal-processor hook)."""
+        return self.video_token * self.num_visual_tokens(int(video_inputs["video_num_frames"][video_idx]))
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        """The expansion of an image placeholder: an image is a one-frame clip."""
+        return self.image_token * self.num_visual_tokens(1)
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, video_sizes=None, **kwargs):
+        """Placeholder tokens per input, without processing it (what vLLM's Transformers backend asks before it
+        runs the processor): ``video_sizes`` as (frames given, height, width) per video, ``image_sizes`` as
+        (height, width) per image; ``kwargs`` the call's video settings (``do_sample_frames``, ``num_frames``,
+        ``max_frames``, ...), defaulting to the video processor's. Frames given as arrays have no frame rate, so
+        fps sampling does not apply to them (as in `StormVideoProcessor`): the count is what sampling
+        ``num_frames`` / ``max_frames`` from them keeps."""
+        from transformers.processing_utils import MultiModalData
+
+        data = {}
+        if video_sizes is not None:
+            settings = self.video_processor
+            sample = kwargs.get("do_sample_frames", settings.do_sample_frames)
+            num_frames = kwargs.get("num_frames", settings.num_frames)
+            max_frames = kwargs.get("max_frames", settings.max_frames)
+            counts = []
+            for size in video_sizes:
+                given = int(size[0])
+                kept = given if not sample else len(sample_frame_indices(
+                    np.arange(given, dtype=np.float64), num_frames=num_frames, fps=None, max_frames=max_frames))
+                counts.append(self.num_visual_tokens(kept))
+            data["num_video_tokens"] = counts
+        if image_sizes is not None:
+            data["num_image_tokens"] = [self.num_visual_tokens(1)] * len(image_sizes)
+            data["num_image_patches"] = [1] * len(image_sizes)
+        return MultiModalData(**data)
 
     def _apply_budget(self, max_visual_tokens, video_kwargs):
         """Lower num_frames (or max_frames with fps sampling) so that each video fits the budget."""
