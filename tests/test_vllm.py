@@ -1,0 +1,119 @@
+"""Serving with vLLM's Transformers modeling backend (`model_impl="transformers"`, `trust_remote_code`): greedy
+tokens and their log-probabilities from `vllm.LLM` against `model.generate()`, for the bundled model and a
+second layout (forward-only, k = 2, p = 2). Runs where vLLM is installed: `bash .ci/vllm_job` (its own venv;
+not part of the default test command, which skips this module)."""
+
+import math
+import os
+
+import pytest
+import torch
+
+# vLLM's CPU backend otherwise reserves most of the machine's memory for its KV cache, per engine (21 GB of 24 here)
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+vllm = pytest.importorskip("vllm", reason="needs vLLM (bash .ci/vllm_job builds an environment with it)")
+
+from storm_hf import StormForConditionalGeneration, StormProcessor  # noqa: E402
+from storm_hf.miniature import BUNDLED_MODEL, build_initial_checkpoint, mini_config  # noqa: E402
+from storm_hf.miniature.temporal_qa import ALL_TASKS, clip_rng, make_clip  # noqa: E402
+
+# Largest difference allowed between vLLM's and generate()'s log-probability of a generated token (fp32 on a CPU;
+# vLLM swaps every Linear / norm / attention for its own kernels). Measured with vllm-cpu 0.32.0: 6.6e-7 for the
+# bundled model (10 clips), 1.4e-6 for the forward-only layout (benchmarks/RESULTS.md).
+LOGPROB_TOLERANCE = 1e-4
+NEW_TOKENS = 4
+
+
+def clips(count, seed=0):
+    return [make_clip(clip_rng("test", seed, i), ALL_TASKS[i % len(ALL_TASKS)]) for i in range(count)]
+
+
+def prompt_text(processor, question):
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+
+def video_item(frames, fps=8.0):
+    """A clip as vLLM takes it when the processor samples frames: (frames, metadata)."""
+    total = len(frames)
+    return frames, {"fps": fps, "total_num_frames": total, "frames_indices": list(range(total)),
+                    "duration": total / fps, "video_backend": "array"}
+
+
+def reference(model, processor, frames, question):
+    """Greedy tokens and their log-probabilities from generate()."""
+    inputs = processor(text=prompt_text(processor, question), videos=[frames], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True)
+    tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    logprobs = [float(torch.log_softmax(score[0].float(), -1)[token]) for score, token in zip(out.scores, tokens)]
+    return tokens, logprobs
+
+
+def engine(folder):
+    return vllm.LLM(model=str(folder), model_impl="transformers", trust_remote_code=True, enforce_eager=True,
+                    dtype="float32", max_model_len=1024, limit_mm_per_prompt={"video": 1}, seed=0)
+
+
+def served(llm, processor, items):
+    """vLLM's greedy tokens and their log-probabilities, all prompts in one batch."""
+    requests = [{"prompt": prompt_text(processor, clip.question), "multi_modal_data": {"video": video_item(clip.frames)}}
+                for clip in items]
+    outputs = llm.generate(requests, vllm.SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, logprobs=0))
+    result = []
+    for output in outputs:
+        completion = output.outputs[0]
+        tokens = list(completion.token_ids)
+        logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens)]
+        result.append((tokens, logprobs))
+    return result
+
+
+def compare(model, processor, llm, items):
+    worst = 0.0
+    for clip, (tokens, logprobs) in zip(items, served(llm, processor, items)):
+        expected_tokens, expected_logprobs = reference(model, processor, clip.frames, clip.question)
+        # generate() stops at the end-of-turn token; vLLM too (same generation config): same length
+        assert tokens == expected_tokens, (clip.task, clip.question, tokens, expected_tokens)
+        for got, want in zip(logprobs, expected_logprobs):
+            assert math.isfinite(got)
+            worst = max(worst, abs(got - want))
+    print(f"largest log-probability difference over {len(items)} clips: {worst:.2e}")
+    assert worst <= LOGPROB_TOLERANCE
+    return worst
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vllm") / "bundled"
+    model = StormForConditionalGeneration.from_pretrained(BUNDLED_MODEL).eval()
+    processor = StormProcessor.from_pretrained(BUNDLED_MODEL)
+    model.save_pretrained(folder)  # with the remote code and its auto_map
+    processor.save_pretrained(folder)
+    return model, processor, engine(folder)
+
+
+def test_bundled_model_greedy_tokens_and_logprobs_equal_generate(bundled):
+    model, processor, llm = bundled
+    compare(model, processor, llm, clips(10))  # one clip per question type, all in one batch
+
+
+def test_bundled_model_answers_are_right_through_vllm(bundled):
+    model, processor, llm = bundled
+    items = [make_clip(clip_rng("test", 7, i), "colour_change") for i in range(8)]
+    answers = [processor.decode(tokens, skip_special_tokens=True).strip() for tokens, _ in served(llm, processor, items)]
+    assert sum(a == c.answer for a, c in zip(answers, items)) >= 7, answers
+
+
+def test_a_forward_only_layout_with_spatial_pooling_equals_generate(tmp_path):
+    config = mini_config("storm-forward", temporal_pool_k=2, spatial_pool_p=2)
+    folder = build_initial_checkpoint(tmp_path / "forward", config, seed=3)
+    model = StormForConditionalGeneration.from_pretrained(folder).eval()
+    processor = StormProcessor.from_pretrained(folder)
+    model.save_pretrained(folder)  # the remote code beside the weights
+    llm = engine(folder)
+    try:
+        compare(model, processor, llm, clips(4, seed=1))
+    finally:
+        del llm
