@@ -53,7 +53,7 @@ def reference(model, processor, frames, question):
 
 def engine(folder):
     return vllm.LLM(model=str(folder), model_impl="transformers", trust_remote_code=True, enforce_eager=True,
-                    dtype="float32", max_model_len=1024, limit_mm_per_prompt={"video": 1}, seed=0)
+                    dtype="float32", max_model_len=1024, limit_mm_per_prompt={"video": 1, "image": 1}, seed=0)
 
 
 def served(llm, processor, items):
@@ -104,6 +104,30 @@ def test_bundled_model_answers_are_right_through_vllm(bundled):
     items = [make_clip(clip_rng("test", 7, i), "colour_change") for i in range(8)]
     answers = [processor.decode(tokens, skip_special_tokens=True).strip() for tokens, _ in served(llm, processor, items)]
     assert sum(a == c.answer for a, c in zip(answers, items)) >= 7, answers
+
+
+def test_images_are_served_as_one_frame_clips_as_generate_answers_them(bundled):
+    from PIL import Image
+
+    model, processor, llm = bundled
+    items = [make_clip(clip_rng("test", 5, i), task) for i, task in enumerate(("shape", "colour") * 3)]
+    frames = [clip.frames[len(clip.frames) // 2] for clip in items]  # one still per clip
+    prompts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                           {"type": "text", "text": c.question}]}],
+                                             add_generation_prompt=True, tokenize=False) for c in items]
+    outputs = llm.generate([{"prompt": p, "multi_modal_data": {"image": Image.fromarray(f)}}
+                            for p, f in zip(prompts, frames)],
+                           vllm.SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, logprobs=0))
+    for prompt, frame, output in zip(prompts, frames, outputs):
+        inputs = processor(text=prompt, images=[frame], return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, output_scores=True,
+                                 return_dict_in_generate=True)
+        tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        completion = output.outputs[0]
+        assert list(completion.token_ids) == tokens
+        for step, score, token in zip(completion.logprobs, out.scores, tokens):
+            assert abs(step[token].logprob - float(torch.log_softmax(score[0], -1)[token])) <= LOGPROB_TOLERANCE
 
 
 def test_a_forward_only_layout_with_spatial_pooling_equals_generate(tmp_path):

@@ -69,6 +69,12 @@ class StormProcessor(ProcessorMixin):
             tokenizer.padding_side = "left"
             tokenizer.init_kwargs["padding_side"] = "left"  # saved with the tokenizer
 
+    @property
+    def image_processor(self):
+        """Images go through the video processor as one-frame clips (same resize and normalisation). Exposed so
+        that tools that look for an image processor (vLLM's Transformers backend) serve images too."""
+        return self.video_processor
+
     def check_argument_for_proper_class(self, argument_name, argument):
         # transformers checks video processors against BaseVideoProcessor, which needs torchvision;
         # ours is a VideoProcessorMixin without it.
