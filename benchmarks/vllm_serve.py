@@ -35,15 +35,13 @@ def main():
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; by default vLLM's CPU backend takes most memory
     from vllm import LLM, SamplingParams
 
-    from storm_hf.inference import load
+    from storm_hf.inference import load, video_question_prompt
     from storm_hf.miniature.temporal_qa import ALL_TASKS, clip_rng, make_clip
 
     model, processor = load(args.model)
     model.to(args.device)
     clips = [make_clip(clip_rng("test", 3, i), ALL_TASKS[i % len(ALL_TASKS)]) for i in range(args.clips)]
-    prompts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "video"},
-                                                                           {"type": "text", "text": c.question}]}],
-                                             add_generation_prompt=True, tokenize=False) for c in clips]
+    prompts = [video_question_prompt(processor, c.question) for c in clips]
     metadata = [{"fps": 8.0, "total_num_frames": len(c.frames), "frames_indices": list(range(len(c.frames)))}
                 for c in clips]
     with tempfile.TemporaryDirectory() as folder:

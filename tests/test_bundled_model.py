@@ -73,6 +73,7 @@ def test_reversing_the_frames_inside_each_window_changes_its_within_window_answe
     # (a model without temporal encoder pools the same tokens both ways, so its drop is exactly 0).
     import json
 
+    from storm_hf.evaluation.scoring import _question_text
     from storm_hf.evaluation.temporal import window_order_signal
     from storm_hf.inference import load
 
@@ -82,7 +83,7 @@ def test_reversing_the_frames_inside_each_window_changes_its_within_window_answe
     chosen = [r for r in records if r["task"] in WINDOW_TASKS]
     pixels = [processor.video_processor([os.path.join(root, r["video"])], num_frames=16,
                                         return_tensors="pt")["pixel_values_videos"][0] for r in chosen]
-    questions = [(r["messages"][0]["content"][1]["text"], r["options"], r["answer"]) for r in chosen]
+    questions = [(_question_text(r), r["options"], r["answer"]) for r in chosen]
     signal = window_order_signal(model, processor, pixels, questions)
     print(f"bundled model, held-out seed 7, {len(chosen)} within-window clips: accuracy {signal['accuracy']:.3f}, "
           f"frames reversed in each window {signal['accuracy_window_reversed']:.3f}")

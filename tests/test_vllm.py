@@ -14,6 +14,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 vllm = pytest.importorskip("vllm", reason="needs vLLM (bash .ci/vllm_job builds an environment with it)")
 
 from storm_hf import StormForConditionalGeneration, StormProcessor  # noqa: E402
+from storm_hf.inference import video_question_prompt  # noqa: E402
 from storm_hf.miniature import BUNDLED_MODEL, build_initial_checkpoint, mini_config  # noqa: E402
 from storm_hf.miniature.temporal_qa import ALL_TASKS, clip_rng, make_clip  # noqa: E402
 
@@ -28,11 +29,6 @@ def clips(count, seed=0):
     return [make_clip(clip_rng("test", seed, i), ALL_TASKS[i % len(ALL_TASKS)]) for i in range(count)]
 
 
-def prompt_text(processor, question):
-    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-
-
 def video_item(frames, fps=8.0):
     """A clip as vLLM takes it when the processor samples frames: (frames, metadata)."""
     total = len(frames)
@@ -40,9 +36,9 @@ def video_item(frames, fps=8.0):
                     "duration": total / fps, "video_backend": "array"}
 
 
-def reference(model, processor, frames, question):
-    """Greedy tokens and their log-probabilities from generate()."""
-    inputs = processor(text=prompt_text(processor, question), videos=[frames], return_tensors="pt")
+def reference(model, processor, prompt, **media):
+    """Greedy tokens and their log-probabilities from generate(), for ``prompt`` with ``videos=`` / ``images=``."""
+    inputs = processor(text=prompt, return_tensors="pt", **media)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, output_scores=True,
                              return_dict_in_generate=True)
@@ -58,7 +54,8 @@ def engine(folder):
 
 def served(llm, processor, items):
     """vLLM's greedy tokens and their log-probabilities, all prompts in one batch."""
-    requests = [{"prompt": prompt_text(processor, clip.question), "multi_modal_data": {"video": video_item(clip.frames)}}
+    requests = [{"prompt": video_question_prompt(processor, clip.question),
+                 "multi_modal_data": {"video": video_item(clip.frames)}}
                 for clip in items]
     outputs = llm.generate(requests, vllm.SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, logprobs=0))
     result = []
@@ -73,7 +70,8 @@ def served(llm, processor, items):
 def compare(model, processor, llm, items):
     worst = 0.0
     for clip, (tokens, logprobs) in zip(items, served(llm, processor, items)):
-        expected_tokens, expected_logprobs = reference(model, processor, clip.frames, clip.question)
+        prompt = video_question_prompt(processor, clip.question)
+        expected_tokens, expected_logprobs = reference(model, processor, prompt, videos=[clip.frames])
         # generate() stops at the end-of-turn token; vLLM too (same generation config): same length
         assert tokens == expected_tokens, (clip.task, clip.question, tokens, expected_tokens)
         for got, want in zip(logprobs, expected_logprobs):
@@ -102,7 +100,8 @@ def test_bundled_model_greedy_tokens_and_logprobs_equal_generate(bundled):
 def test_bundled_model_answers_are_right_through_vllm(bundled):
     model, processor, llm = bundled
     items = [make_clip(clip_rng("test", 7, i), "colour_change") for i in range(8)]
-    answers = [processor.decode(tokens, skip_special_tokens=True).strip() for tokens, _ in served(llm, processor, items)]
+    answers = [processor.decode(tokens, skip_special_tokens=True).strip()
+               for tokens, _ in served(llm, processor, items)]
     assert sum(a == c.answer for a, c in zip(answers, items)) >= 7, answers
 
 
@@ -119,15 +118,11 @@ def test_images_are_served_as_one_frame_clips_as_generate_answers_them(bundled):
                             for p, f in zip(prompts, frames)],
                            vllm.SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, logprobs=0))
     for prompt, frame, output in zip(prompts, frames, outputs):
-        inputs = processor(text=prompt, images=[frame], return_tensors="pt")
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, output_scores=True,
-                                 return_dict_in_generate=True)
-        tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        tokens, logprobs = reference(model, processor, prompt, images=[frame])
         completion = output.outputs[0]
         assert list(completion.token_ids) == tokens
-        for step, score, token in zip(completion.logprobs, out.scores, tokens):
-            assert abs(step[token].logprob - float(torch.log_softmax(score[0], -1)[token])) <= LOGPROB_TOLERANCE
+        for step, token, want in zip(completion.logprobs, tokens, logprobs):
+            assert abs(step[token].logprob - want) <= LOGPROB_TOLERANCE
 
 
 def test_a_forward_only_layout_with_spatial_pooling_equals_generate(tmp_path):

@@ -5,14 +5,12 @@ number of visual tokens the model will produce for that video (the same `num_vid
 
 from __future__ import annotations
 
-import numpy as np
-
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin, TextKwargs
 from transformers.utils import logging
 
 from .configuration_storm import num_video_tokens
-from .video_io import check_sampling, sample_frame_indices
+from .video_io import check_sampling
 from .video_processing_storm import StormVideoProcessor, _is_frame_list
 
 logger = logging.get_logger(__name__)
@@ -235,10 +233,10 @@ class StormProcessor(ProcessorMixin):
                 out.append(text[position:at])
                 length += at - position
                 if tokens[token] == "video":
-                    replacement = token * self.num_visual_tokens(video_frames[video])
+                    replacement = self.replace_video_token({"video_num_frames": video_frames}, video)
                     video += 1
                 else:
-                    replacement = token * self.num_visual_tokens(1)
+                    replacement = self.replace_image_token({}, 0)
                 offsets.append({"type": tokens[token], "span": (at, at + len(token)),
                                 "new_span": (length, length + len(replacement)), "text": token,
                                 "replacement": replacement})
@@ -263,9 +261,10 @@ class StormProcessor(ProcessorMixin):
         runs the processor): ``video_sizes`` as (frames given, height, width) per video, ``image_sizes`` as
         (height, width) per image; ``kwargs`` the call's video settings (``do_sample_frames``, ``num_frames``,
         ``max_frames``, ...), defaulting to the video processor's. Frames given as arrays have no frame rate, so
-        fps sampling does not apply to them (as in `StormVideoProcessor`): the count is what sampling
-        ``num_frames`` / ``max_frames`` from them keeps."""
+        fps sampling does not apply to them: the count is what the video processor's own `sample_frames` keeps of
+        them, as when it processes them."""
         from transformers.processing_utils import MultiModalData
+        from transformers.video_utils import VideoMetadata
 
         data = {}
         if video_sizes is not None:
@@ -276,8 +275,8 @@ class StormProcessor(ProcessorMixin):
             counts = []
             for size in video_sizes:
                 given = int(size[0])
-                kept = given if not sample else len(sample_frame_indices(
-                    np.arange(given, dtype=np.float64), num_frames=num_frames, fps=None, max_frames=max_frames))
+                kept = given if not sample else len(settings.sample_frames(
+                    VideoMetadata(total_num_frames=given, fps=None), num_frames, None, max_frames))
                 counts.append(self.num_visual_tokens(kept))
             data["num_video_tokens"] = counts
         if image_sizes is not None:

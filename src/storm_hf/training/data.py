@@ -186,6 +186,12 @@ def apply_training_stage(model, stage: str, lora_rank: int = 16, lora_alpha: int
 PARTS = ("vision_tower", "projector", "temporal_encoder", "language_model", "lm_head")
 
 
+def parameter_part(name: str, parts) -> str | None:
+    """The first of ``parts`` (names in PARTS) that the parameter ``name`` belongs to, or None; works through
+    PEFT's and other wrappers' name prefixes (``base_model.model.model.temporal_encoder...``)."""
+    return next((part for part in parts if f".{part}." in f".{name}"), None)
+
+
 def freeze_parts(model, parts) -> None:
     """Freeze whole parts of a (possibly PEFT-wrapped) STORM model on top of its stage, e.g.
     ``["vision_tower"]`` to keep a pretrained image encoder fixed during sft. Unknown names raise a ValueError."""
@@ -193,7 +199,7 @@ def freeze_parts(model, parts) -> None:
     if unknown:
         raise ValueError(f"Cannot freeze {', '.join(map(repr, unknown))}: the parts are {', '.join(PARTS)}.")
     for name, parameter in model.named_parameters():
-        if any(f".{part}." in f".{name}" for part in parts):
+        if parameter_part(name, parts) is not None:
             parameter.requires_grad_(False)
 
 
@@ -215,5 +221,6 @@ def trainable_parameters(model) -> dict[str, int]:
 
 
 __all__ = ["load_video_dataset", "VideoQADataset", "StormDataCollator", "apply_training_stage", "freeze_parts",
+           "parameter_part",
            "trainable_parameters", "STAGES", "PARTS",
            "IGNORE_INDEX"]

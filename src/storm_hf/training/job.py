@@ -228,13 +228,12 @@ class StormTrainer(Trainer):
         schedule from its own peak."""
         if self.optimizer is not None or not self.part_learning_rates:
             return super().create_optimizer(model)
+        from .data import parameter_part
+
         optimizer = super().create_optimizer(model)
         opt_model = self.model if model is None else model
-        part_of = {}
-        for name, parameter in opt_model.named_parameters():
-            part = next((p for p in self.part_learning_rates if f".{p}." in f".{name}"), None)
-            if part is not None:
-                part_of[id(parameter)] = part
+        part_of = {id(parameter): parameter_part(name, self.part_learning_rates)
+                   for name, parameter in opt_model.named_parameters()}
         groups = []
         for group in optimizer.param_groups:
             settings = {key: value for key, value in group.items() if key != "params"}
@@ -429,7 +428,10 @@ def train(config: dict, callbacks=None):
                                        last_complete_checkpoint, read_plan, training_plan)
 
     part_rates = {part: float(rate) for part, rate in sorted((config.get("part_learning_rates") or {}).items())}
-    plan = training_plan(args, stage=stage, num_frames=config.get("num_frames"), part_learning_rates=part_rates)
+    # The job's settings that shape the weights besides TrainingArguments: in this run's plan and in every
+    # checkpoint's plan record, so that a resume can compare them.
+    plan_settings = {"stage": stage, "num_frames": config.get("num_frames"), "part_learning_rates": part_rates}
+    plan = training_plan(args, **plan_settings)
     resume = config.get("resume", "auto")
     if resume == "auto":  # the last whole checkpoint: half-written ones (a killed save) are skipped and named
         resume = last_complete_checkpoint(args.output_dir, say, model_only=args.save_only_model)
@@ -489,7 +491,7 @@ def train(config: dict, callbacks=None):
                                  num_frames=config.get("num_frames"))
     trainer = run.trainer = StormTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                                          callbacks=[*(callbacks or []), _StartsTraining(args.output_dir)])
-    trainer.train_plan = {"stage": stage, "num_frames": config.get("num_frames"), "part_learning_rates": part_rates}
+    trainer.train_plan = plan_settings
     trainer.part_learning_rates = part_rates
     if resume:
         trainer.schedule_check = _schedule_check(resume, state, args, bool(config.get("extend_schedule")), say)
