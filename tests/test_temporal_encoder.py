@@ -329,24 +329,36 @@ def test_dt_settings_reach_every_mixer_and_bad_values_are_refused():
 
 @pytest.mark.parametrize("overrides", [{}, {"temporal_scan_order": "alternating", "temporal_num_layers": 2},
                                        {"temporal_direction_merge": "concat"}, {"temporal_share_projections": True}])
-def test_every_linear_layer_of_the_model_gets_a_row_contiguous_input(overrides):
-    # Serving engines (vLLM) replace nn.Linear with GEMMs that refuse inputs whose last dimension is strided
-    # ("Expected a.stride(-1) == 1"); every Linear of the model, the temporal encoder's included, must get one
-    # whose rows are contiguous.
+def test_layers_swapped_for_row_major_gemms_get_row_contiguous_inputs(overrides):
+    # Serving engines (vLLM) replace every nn.Linear with their own layer, whose GEMM refuses an input whose last
+    # dimension is strided ("Expected a.stride(-1) == 1"). Swapped so here, every projection of the model, the
+    # temporal encoder's included, must get one whose rows are contiguous, and compute the same outputs.
+    import copy
+
+    import torch.nn.functional as F
+
     from .conftest import tiny_model, video_prompt
 
+    class RowMajorGemm(torch.nn.Module):  # not an nn.Linear, as vLLM's layers are not
+        strided = []
+
+        def __init__(self, name, linear):
+            super().__init__()
+            self.name, self.weight, self.bias = name, linear.weight, linear.bias
+
+        def forward(self, x):
+            if x.stride(-1) != 1:
+                self.strided.append(self.name)
+            return F.linear(x, self.weight, self.bias)
+
     model = tiny_model(**overrides)
-    strided = []
-
-    def check(module, args):
-        if args[0].stride(-1) != 1:
-            strided.append(module)
-
-    names = {module: name for name, module in model.named_modules()}
-    hooks = [m.register_forward_pre_hook(check) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    input_ids = video_prompt(model.config, [8])
+    swapped = copy.deepcopy(model)
+    for name, module in list(swapped.named_modules()):
+        if isinstance(module, torch.nn.Linear):
+            parent, _, attribute = name.rpartition(".")
+            setattr(swapped.get_submodule(parent), attribute, RowMajorGemm(name, module))
+    inputs = {"input_ids": video_prompt(model.config, [8]), "pixel_values_videos": torch.randn(1, 8, 3, 32, 32)}
     with torch.no_grad():
-        model(input_ids=input_ids, pixel_values_videos=torch.randn(1, 8, 3, 32, 32))
-    for hook in hooks:
-        hook.remove()
-    assert not strided, [names[m] for m in strided]
+        expected, got = model(**inputs).logits, swapped(**inputs).logits
+    assert not RowMajorGemm.strided, RowMajorGemm.strided
+    torch.testing.assert_close(got, expected)
