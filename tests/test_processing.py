@@ -1,5 +1,7 @@
 """StormProcessor: placeholder expansion that matches the model, chat template, batching, save/load."""
 
+import typing
+
 import numpy as np
 import pytest
 import torch
@@ -228,3 +230,47 @@ def test_token_counts_by_size_and_replacement_offsets_agree_with_the_call(clip, 
         assert processor.replace_video_token(inputs, 1) == "<video>" * counted.num_video_tokens[1]
         assert processor.replace_image_token(inputs, 0) == "<image>" * config.num_visual_tokens(1)
         assert "text_replacement_offsets" not in processor(text=texts, videos=videos, images=[image], **settings)
+
+
+def test_the_reduction_in_a_call_may_restate_the_processors_only_and_the_model_checks_placeholder_counts():
+    # vLLM hands mm_processor_kwargs (the engine's and each request's) to processor calls: a k / p / s other than
+    # the model's would expand placeholders the features do not fill. With the placeholder counts handed back
+    # (return_text_replacement_offsets=True), the model refuses features of another length.
+    config, processor = make(StormConfig.from_preset("tiny", temporal_pool_k=2), num_frames=4)
+    video = np.random.default_rng(0).integers(0, 255, (4, 20, 24, 3), dtype=np.uint8)
+    same = processor(text="<video> what", videos=[video], temporal_pool_k=2, spatial_pool_p=1,
+                     return_text_replacement_offsets=True, return_tensors="pt")
+    assert same["video_num_tokens"].tolist() == [config.num_visual_tokens(4)]
+    for setting in ({"temporal_pool_k": 4}, {"spatial_pool_p": 2}, {"temporal_sample_s": 2}):
+        name, value = next(iter(setting.items()))
+        with pytest.raises(ValueError, match=rf"{name}={value} in the call, but this processor counts placeholders"):
+            processor(text="<video> what", videos=[video], **setting)
+        with pytest.raises(ValueError, match=rf"{name}={value} in the call"):
+            processor._get_num_multimodal_tokens(video_sizes=[(4, 20, 24)], **setting)
+    # declared as call settings, so that vLLM does not build a processor with them (see StormProcessorKwargs)
+    videos_kwargs = typing.get_type_hints(processor.valid_processor_kwargs)["videos_kwargs"]
+    assert {"temporal_pool_k", "spatial_pool_p", "temporal_sample_s", "num_frames"} <= set(videos_kwargs.__annotations__)
+
+    model = StormForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        features = model.get_video_features(same["pixel_values_videos"], same["video_num_frames"],
+                                            video_num_tokens=same["video_num_tokens"])
+        assert [f.shape[0] for f in features.pooler_output] == same["video_num_tokens"].tolist()
+        with pytest.raises(ValueError, match=r"gave the videos \[8\] placeholder tokens but the model produces \[32\]"
+                                             r".*temporal_pool_k=2"):
+            model.get_video_features(same["pixel_values_videos"], same["video_num_frames"], video_num_tokens=[8])
+        image = torch.zeros(1, 3, 32, 32)
+        model.get_image_features(image, image_num_tokens=[config.num_visual_tokens(1)])
+        with pytest.raises(ValueError, match="gave the images"):
+            model.get_image_features(image, image_num_tokens=[config.num_visual_tokens(1) + 1])
+
+
+def test_the_image_processor_is_a_view_of_the_video_processor_with_the_image_output_names(clip):
+    _, processor = make()
+    view = processor.image_processor
+    assert view.size == processor.video_processor.size and view.image_mean == processor.video_processor.image_mean
+    assert view.model_input_names == ["pixel_values", "image_num_tokens"]
+    image = np.zeros((20, 24, 3), np.uint8)
+    out = processor(text="<image> what", images=[image], return_text_replacement_offsets=True)
+    assert set(view.model_input_names) <= set(out)
+    assert "video_num_tokens" in processor.video_processor.model_input_names

@@ -138,12 +138,41 @@ def test_a_forward_only_layout_with_spatial_pooling_equals_generate(tmp_path):
         del llm
 
 
-def _ask_server(port, model, video_url, question):
+def test_the_token_reduction_is_the_saved_folders_and_other_ways_of_setting_it_are_refused(bundled, tmp_path, capfd):
+    # k / p / s per deployment: a folder saved after set_token_reduction (the forward-only test above serves one).
+    # In mm_processor_kwargs, the engine's or a request's, a reduction other than the folder's is refused by the
+    # processor; through hf_overrides alone the model's features would not fit the placeholders, and the model
+    # stops with an error naming the reduction instead of answering from misplaced tokens.
+    model, processor, llm = bundled
+    folder = tmp_path / "bundled"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    with pytest.raises(Exception, match="temporal_pool_k=2 in the call"):
+        vllm.LLM(model=str(folder), model_impl="transformers", trust_remote_code=True, enforce_eager=True,
+                 dtype="float32", max_model_len=1024, mm_processor_kwargs={"temporal_pool_k": 2})
+    clip = clips(1)[0]
+    request = {"prompt": video_question_prompt(processor, clip.question),
+               "multi_modal_data": {"video": video_item(clip.frames)}}
+    with pytest.raises(ValueError):
+        llm.generate([{**request, "mm_processor_kwargs": {"spatial_pool_p": 2}}], vllm.SamplingParams(max_tokens=2))
+    assert served(llm, processor, [clip]) == served(llm, processor, [clip])  # still serving
+
+    overridden = vllm.LLM(model=str(folder), model_impl="transformers", trust_remote_code=True, enforce_eager=True,
+                          dtype="float32", max_model_len=1024, hf_overrides={"temporal_pool_k": 2})
+    try:
+        with pytest.raises(Exception):
+            overridden.generate([request], vllm.SamplingParams(max_tokens=2))
+    finally:
+        del overridden
+    assert "placeholder tokens but the model produces" in capfd.readouterr().err
+
+
+def _ask_server(port, model, video_url, question, **extra):
     import json
     import urllib.error
     import urllib.request
 
-    body = {"model": model, "max_tokens": 4, "temperature": 0,
+    body = {"model": model, "max_tokens": 4, "temperature": 0, **extra,
             "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": video_url}},
                                                        {"type": "text", "text": question}]}]}
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=json.dumps(body).encode(),
@@ -167,6 +196,7 @@ def test_the_openai_server_answers_a_video_request_and_survives_bad_ones(bundled
 
     from storm_hf.apps.web_demo import example_clips
     from storm_hf.inference import ask
+    from storm_hf.miniature.tiny import write_clip
 
     model, processor, _ = bundled
     folder = tmp_path / "served"
@@ -175,13 +205,15 @@ def test_the_openai_server_answers_a_video_request_and_survives_bad_ones(bundled
     clip = next(c for c in example_clips() if c["task"] == "colour_change")
     video = shutil.copy(clip["video"], tmp_path / "clip.mp4")
     (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    long_video = write_clip(tmp_path / "long.mp4", num_frames=400, size=48)  # 400 frames: 1,600 visual tokens
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--trust-remote-code",
          "--model-impl", "transformers", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-         "--enforce-eager", "--max-model-len", "1024", "--allowed-local-media-path", str(tmp_path)],
+         "--enforce-eager", "--max-model-len", "1024", "--allowed-local-media-path", str(tmp_path),
+         "--trust-request-mm-kwargs"],  # lets a request choose its frames (mm_processor_kwargs, as below)
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -200,6 +232,15 @@ def test_the_openai_server_answers_a_video_request_and_survives_bad_ones(bundled
         assert status >= 400 and "No such file" in text
         status, text = _ask_server(port, str(folder), f"file://{tmp_path / 'broken.mp4'}", clip["question"])
         assert status == 400 and "video" in text.lower()
+        # too many frames for the context: every frame of a long file, unsampled
+        status, text = _ask_server(port, str(folder), f"file://{long_video}", clip["question"],
+                                   media_io_kwargs={"video": {"num_frames": -1}},
+                                   mm_processor_kwargs={"do_sample_frames": False})
+        assert status == 400 and "maximum" in text.lower(), (status, text)
+        # another token reduction than the folder's
+        status, text = _ask_server(port, str(folder), f"file://{video}", clip["question"],
+                                   mm_processor_kwargs={"temporal_pool_k": 2})
+        assert status == 400 and "temporal_pool_k" in text, (status, text)
         assert _ask_server(port, str(folder), f"file://{video}", clip["question"]) == (200, offline)  # still serving
     finally:
         server.terminate()

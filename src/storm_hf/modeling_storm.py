@@ -785,6 +785,7 @@ class StormModel(StormPreTrainedModel):
         self,
         pixel_values_videos: torch.Tensor,
         video_num_frames: torch.Tensor | list[int] | None = None,
+        video_num_tokens: torch.Tensor | list[int] | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """
@@ -792,6 +793,9 @@ class StormModel(StormPreTrainedModel):
             pixel_values_videos: (num_videos, max_frames, 3, H, W); videos shorter than ``max_frames``
                 are padded at the end.
             video_num_frames: (num_videos,) real frame count of each video; None means all ``max_frames``.
+            video_num_tokens: (num_videos,) the placeholder count the processor gave each video, when the
+                caller places features itself (vLLM); a ValueError when the features have another length, as
+                when the processor counted for another token reduction (k / p / s) than this config's.
             **kwargs: ``output_hidden_states``, ``output_attentions`` (passed to the image encoder) and
                 ``return_dict`` (False: a tuple).
         Returns:
@@ -810,13 +814,15 @@ class StormModel(StormPreTrainedModel):
             frames = pixel_values_videos.flatten(0, 1)  # (num_videos * max_frames, 3, H, W)
         else:
             frames = torch.cat([pixel_values_videos[i, :n] for i, n in enumerate(counts)])  # (sum T_i, 3, H, W)
-        return self._visual_features(frames, counts, **kwargs)
+        return self._check_token_counts(self._visual_features(frames, counts, **kwargs), video_num_tokens, "video")
 
     @can_return_tuple
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    def get_image_features(self, pixel_values: torch.Tensor, image_num_tokens: torch.Tensor | list[int] | None = None,
+                           **kwargs) -> BaseModelOutputWithPooling:
         """
         Args:
             pixel_values: (num_images, 3, H, W). Each image is a one-frame clip (T = 1).
+            image_num_tokens: (num_images,) placeholder counts, checked as ``video_num_tokens`` is.
             **kwargs: as `get_video_features`.
         Returns:
             As `get_video_features`; ``pooler_output`` is a list of (num_visual_tokens(1), dim) per image.
@@ -825,7 +831,24 @@ class StormModel(StormPreTrainedModel):
             raise ValueError(
                 f"pixel_values must have shape (num_images, channels, height, width), got {tuple(pixel_values.shape)}."
             )
-        return self._visual_features(pixel_values, [1] * pixel_values.shape[0], **kwargs)
+        features = self._visual_features(pixel_values, [1] * pixel_values.shape[0], **kwargs)
+        return self._check_token_counts(features, image_num_tokens, "image")
+
+    def _check_token_counts(self, features: BaseModelOutputWithPooling, expected, kind: str):
+        """``features`` when each item's token count equals the placeholder count the processor gave it."""
+        if expected is None:
+            return features
+        expected = [int(n) for n in (expected.flatten().tolist() if torch.is_tensor(expected) else expected)]
+        produced = [item.shape[0] for item in features.pooler_output]
+        if expected != produced:
+            c = self.config
+            raise ValueError(
+                f"The processor gave the {kind}s {expected} placeholder tokens but the model produces {produced}: "
+                f"the processor counted for another token reduction than the model's (temporal_pool_k="
+                f"{c.temporal_pool_k}, spatial_pool_p={c.spatial_pool_p}, temporal_sample_s={c.temporal_sample_s}). "
+                "Set both with storm_hf.inference.set_token_reduction(model, processor, ...) and save them together."
+            )
+        return features
 
     def get_placeholder_mask(self, input_ids, inputs_embeds, token_id: int, features: torch.Tensor, kind: str):
         """Boolean (batch, seq, 1) mask of the ``token_id`` placeholders; raises a ValueError naming both

@@ -6,17 +6,37 @@ number of visual tokens the model will produce for that video (the same `num_vid
 from __future__ import annotations
 
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin, TextKwargs
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, TextKwargs
 from transformers.utils import logging
 
 from .configuration_storm import num_video_tokens
 from .video_io import check_sampling
-from .video_processing_storm import StormVideoProcessor, _is_frame_list
+from .video_processing_storm import StormVideoProcessor, StormVideosKwargs, _is_frame_list
 
 logger = logging.get_logger(__name__)
 
 # Tokenizer settings the processor passes on (transformers' own list of text kwargs).
 _TOKENIZER_KEYS = frozenset(TextKwargs.__annotations__) - {"return_tensors"}
+# The token reduction the processor counts placeholders for; the model must produce the same (its config).
+_REDUCTION_KEYS = ("temporal_pool_k", "spatial_pool_p", "temporal_sample_s")
+
+
+class StormProcessorVideosKwargs(StormVideosKwargs, total=False):
+    """Call settings for videos: the video processor's, and the token reduction, which a call may only restate
+    (the model's config decides it; see `StormProcessor._check_reduction`)."""
+
+    temporal_pool_k: int
+    spatial_pool_p: int
+    temporal_sample_s: int
+
+
+class StormProcessorKwargs(ProcessingKwargs, total=False):
+    """What `StormProcessor.__call__` takes. Declared so that tools that route settings between a processor's
+    constructor and its calls (vLLM's ``mm_processor_kwargs``) treat the token reduction as a call setting,
+    which the processor checks against its own, rather than building a processor with another reduction than
+    the model's."""
+
+    videos_kwargs: StormProcessorVideosKwargs
 
 # Qwen2-style chat template: `{"type": "video", ...}` and `{"type": "image", ...}` content items become one
 # placeholder each (expanded by the processor), `{"type": "text", "text": ...}` items their text.
@@ -49,6 +69,7 @@ class StormProcessor(ProcessorMixin):
     """
 
     attributes = ["video_processor", "tokenizer"]
+    valid_processor_kwargs = StormProcessorKwargs
 
     def __init__(self, video_processor=None, tokenizer=None, chat_template=None, video_token="<video>",
                  image_token="<image>", grid_size=16, temporal_pool_k=4, spatial_pool_p=1, temporal_sample_s=1,
@@ -70,8 +91,9 @@ class StormProcessor(ProcessorMixin):
     @property
     def image_processor(self):
         """Images go through the video processor as one-frame clips (same resize and normalisation). Exposed so
-        that tools that look for an image processor (vLLM's Transformers backend) serve images too."""
-        return self.video_processor
+        that tools that look for an image processor (vLLM's Transformers backend) serve images too: the video
+        processor's settings, and the names of what the processor returns for images."""
+        return _StillImageView(self.video_processor)
 
     def check_argument_for_proper_class(self, argument_name, argument):
         # transformers checks video processors against BaseVideoProcessor, which needs torchvision;
@@ -148,8 +170,10 @@ class StormProcessor(ProcessorMixin):
                 and tokenizer settings (`padding`, `truncation`, `max_length`, `add_special_tokens`, ...).
         Returns:
             `BatchFeature` with `input_ids`, `attention_mask` and, with videos, `pixel_values_videos` and
-            `video_num_frames` (and `video_metadata` when asked; `text_replacement_offsets`, where each placeholder
-            was expanded, with ``return_text_replacement_offsets=True``).
+            `video_num_frames` (and `video_metadata` when asked). With ``return_text_replacement_offsets=True``
+            also `text_replacement_offsets` (where each placeholder was expanded) and `video_num_tokens` /
+            `image_num_tokens` (each video's / image's placeholder count, which the model's
+            `get_video_features` / `get_image_features` check their features against).
         """
         if text is None:
             raise ValueError("StormProcessor: `text` is required.")
@@ -160,6 +184,7 @@ class StormProcessor(ProcessorMixin):
                 which = "text" if isinstance(text, str) else f"text[{position}]"
                 raise ValueError(f"StormProcessor: {which} is {'empty' if isinstance(t, str) else type(t).__name__}; "
                                  "give the prompt (e.g. the question, with a video placeholder per video).")
+        self._check_reduction(kwargs)
         video_keys = set(self.video_processor._settings) | {"video_metadata"}
         unknown = set(kwargs) - video_keys - _TOKENIZER_KEYS - {"return_dict", "audio"}
         if unknown:  # a typo (nframes=8) must not silently give the default
@@ -210,8 +235,30 @@ class StormProcessor(ProcessorMixin):
         data.update(encoded)
         if return_text_replacement_offsets:
             data["text_replacement_offsets"] = offsets
+            # The placeholder count of each video / image, for a caller that hands features to the placeholders
+            # itself (vLLM): `get_video_features` / `get_image_features` refuse features of another length.
+            if counts:
+                data["video_num_tokens"] = [self.num_visual_tokens(n) for n in counts]
+            if image_list:
+                data["image_num_tokens"] = [self.num_visual_tokens(1)] * len(image_list)
         return BatchFeature(data=data, tensor_type=return_tensors,
                             skip_tensor_conversion=["video_metadata", "text_replacement_offsets"])
+
+    def _check_reduction(self, kwargs: dict):
+        """Take k / p / s out of call settings: accepted when they are the processor's own, refused otherwise,
+        since the model produces the tokens of its config's reduction and per-call placeholder counts would not
+        match them (vLLM hands its ``mm_processor_kwargs``, the engine's and each request's, to calls: see
+        `StormProcessorKwargs`)."""
+        for name in _REDUCTION_KEYS:
+            if name in kwargs:
+                value = kwargs.pop(name)
+                if value != getattr(self, name):
+                    raise ValueError(
+                        f"StormProcessor: {name}={value!r} in the call, but this processor counts placeholders for "
+                        f"{name}={getattr(self, name)!r}, the model's. The token reduction is the model's setting: "
+                        "choose it for a deployment by saving the model and processor after "
+                        "storm_hf.inference.set_token_reduction(model, processor, ...)."
+                    )
 
     def _expand_placeholders(self, texts: list[str], video_frames: list[int]):
         """Each image placeholder becomes `num_visual_tokens(1)` of itself, each video placeholder
@@ -266,6 +313,7 @@ class StormProcessor(ProcessorMixin):
         from transformers.processing_utils import MultiModalData
         from transformers.video_utils import VideoMetadata
 
+        self._check_reduction(kwargs)
         data = {}
         if video_sizes is not None:
             settings = self.video_processor
@@ -304,6 +352,22 @@ class StormProcessor(ProcessorMixin):
     @property
     def model_input_names(self):
         return ["input_ids", "attention_mask", "pixel_values", "pixel_values_videos", "video_num_frames"]
+
+
+class _StillImageView:
+    """The video processor seen as the processor's image processor: its settings (size, mean, std, ...) as they
+    are, and the names of the processor's image outputs (images are one-frame clips through it)."""
+
+    model_input_names = ["pixel_values", "image_num_tokens"]
+
+    def __init__(self, video_processor):
+        self._video_processor = video_processor
+
+    def __getattr__(self, name):
+        return getattr(self._video_processor, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._video_processor(*args, **kwargs)
 
 
 def _check_user_turns(conversation):
@@ -369,4 +433,4 @@ def _is_nested(videos) -> bool:
     )
 
 
-__all__ = ["StormProcessor", "STORM_CHAT_TEMPLATE"]
+__all__ = ["StormProcessor", "StormProcessorKwargs", "STORM_CHAT_TEMPLATE"]

@@ -99,7 +99,9 @@ class StormVideoProcessor(VideoProcessorMixin):
     """
 
     valid_kwargs = StormVideosKwargs
-    model_input_names = ["pixel_values_videos", "video_num_frames"]
+    # `video_num_tokens` comes from StormProcessor (placeholder counts, with return_text_replacement_offsets=True);
+    # listed here because tools that sort a processor's outputs by modality (vLLM) look for video names here.
+    model_input_names = ["pixel_values_videos", "video_num_frames", "video_num_tokens"]
 
     do_convert_rgb = True
     do_resize = True
