@@ -13,10 +13,12 @@ from .configuration_storm import StormConfig, num_video_tokens
 from .modeling_storm import (
     MambaMixerState,
     StormForConditionalGeneration,
+    StormLiveSession,
     StormMambaMixer,
     StormModel,
     StormPreTrainedModel,
     StormTemporalEncoder,
+    StormVideoFeatures,
 )
 from .selective_scan import selective_scan_sequential, selective_scan_torch
 from .video_io import VideoReadError, probe_video, read_frames, sample_frame_indices
@@ -55,6 +57,8 @@ __all__ = [
     "StormMambaMixer",
     "StormTemporalEncoder",
     "MambaMixerState",
+    "StormLiveSession",
+    "StormVideoFeatures",
     "num_video_tokens",
     "selective_scan_torch",
     "selective_scan_sequential",

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
@@ -139,6 +139,81 @@ def reduce_visual_tokens(features: torch.Tensor, grid_size: int, k: int, p: int,
     if s > 1:
         x = x[:, temporal_sample_indices(x.shape[1], s, device=x.device)]
     return x
+
+
+class StreamingTokenReducer:
+    """`reduce_visual_tokens` for frames that arrive in pieces: `push` the temporal encoder's output for the next
+    frames and get the reduced tokens of every k-window they complete (after test-time sampling s); `finish` (or
+    `peek`, which keeps the frames) gives the last, partial window's tokens, the mean of the frames it has, as
+    the one-shot reduction does. Concatenated, the pieces equal ``reduce_visual_tokens`` over all frames."""
+
+    def __init__(self, grid_size: int, k: int, p: int, s: int):
+        self.grid_size, self.k, self.p, self.s = grid_size, k, p, s
+        self.pending = None  # (frames, N, dim): encoded frames of the window not yet complete
+        self.windows = 0  # complete windows so far (sampled or not)
+        self.frames = 0  # frames pushed so far
+
+    def _reduce(self, frames: torch.Tensor, first_window: int) -> torch.Tensor:
+        """(frames, N, dim) starting at window ``first_window`` -> (kept windows * N', dim)."""
+        windows = reduce_visual_tokens(frames[None], self.grid_size, self.k, self.p, 1)[0]  # (windows, N', dim)
+        keep = [i for i in range(windows.shape[0]) if (first_window + i) % self.s == 0]
+        if len(keep) < windows.shape[0]:
+            windows = windows[keep]
+        return windows.flatten(0, 1)
+
+    def push(self, encoded: torch.Tensor) -> torch.Tensor:
+        """(frames, N, dim) -> the reduced tokens (tokens, dim) of the windows these frames complete (possibly
+        none: (0, dim))."""
+        self.frames += encoded.shape[0]
+        pending = encoded if self.pending is None else torch.cat([self.pending, encoded])
+        complete = pending.shape[0] // self.k * self.k
+        out = self._reduce(pending[:complete], self.windows) if complete else pending.new_zeros(0, pending.shape[-1])
+        self.windows += complete // self.k
+        self.pending = pending[complete:].clone() if complete < pending.shape[0] else None
+        return out
+
+    def peek(self) -> torch.Tensor | None:
+        """The partial window's reduced tokens (None when no frame waits), keeping its frames for later pushes."""
+        if self.pending is None:
+            return None
+        return self._reduce(self.pending, self.windows)
+
+    def finish(self) -> torch.Tensor | None:
+        """The partial window's reduced tokens (None when no frame waits); the reducer then holds no frames."""
+        out = self.peek()
+        self.pending = None
+        return out
+
+
+
+@dataclass
+class StormVideoFeatures(BaseModelOutputWithPooling):
+    """`StormModel.encode_video`'s output: ``pooler_output``, a list with the video's (visual tokens, dim)
+    features (what ``generate(..., mm_encoder_outputs={"video": ...})`` places), and ``video_num_frames`` (1,),
+    the frames it was encoded from (``processor(text=..., video_num_frames=...)`` expands the prompt for them)."""
+
+    video_num_frames: torch.LongTensor | None = None
+
+
+def _progress_reporter(progress, total: int | None, description: str):
+    """``report(done)`` after each chunk and ``report(None)`` at the end, for `encode_video`'s ``progress``."""
+    if progress is False:
+        return lambda done: None
+    if callable(progress) and progress is not True:
+        return lambda done: None if done is None else progress(done, total)
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.tqdm(total=total, unit="frame", desc=description)
+    shown = [0]
+
+    def report(done):
+        if done is None:
+            bar.close()
+        else:
+            bar.update(done - shown[0])
+            shown[0] = done
+
+    return report
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -460,11 +535,11 @@ class StormTemporalBlock(GradientCheckpointingLayer):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(batch, length, dim) -> (batch, length, dim): each direction runs its mixer over the sequence (whole,
         or in chunks that carry the state), the directions are merged once, then the residual."""
-        normed = self.norm(hidden_states)  # (batch, length, dim)
         # Without gradients, long sequences go through each direction in chunks that carry the scan and
-        # convolution state (as `stream` does): the same outputs, but the mixer's d_inner-wide intermediates
-        # exist for one chunk at a time instead of for every token of the video. Not where mamba_ssm's fused
-        # path runs: its scan takes no initial state, and it does not hold those intermediates anyway.
+        # convolution state (as `stream` does): the same outputs, but the norm's output and the mixer's
+        # d_inner-wide intermediates exist for one chunk at a time instead of for every token of the video. Not
+        # where mamba_ssm's fused path runs: its scan takes no initial state, and it does not hold those
+        # intermediates anyway.
         chunk = self.inference_chunk_tokens
         if (chunk is None or torch.is_grad_enabled() or hidden_states.shape[1] <= chunk
                 or self.forward_mixer.runs_fused(hidden_states)):
@@ -472,12 +547,17 @@ class StormTemporalBlock(GradientCheckpointingLayer):
         # Vision Mamba layout: the shared in_proj feeds both directions' convolution and SSM (once for the whole
         # sequence, or per chunk), and the merged (batch, length, d_inner) result goes through the shared out_proj.
         shared = self.forward_mixer.in_proj if self.share_projections else None
-        if shared is not None and chunk is None:
-            normed, shared = shared(normed), None  # (batch, length, 2 * d_inner)
+        if chunk is None:
+            sequence, project = self.norm(hidden_states), None  # (batch, length, dim)
+            if shared is not None:
+                sequence = shared(sequence)  # (batch, length, 2 * d_inner)
+        else:  # each chunk normalised (and projected) as it is read
+            sequence = hidden_states
+            project = self.norm if shared is None else (lambda piece: shared(self.norm(piece)))
         sums = self.merge in ("add", "mean")
-        mixed = self._direction(self.forward_mixer, normed, chunk, shared)
+        mixed = self._direction(self.forward_mixer, sequence, chunk, project)
         if self.backward_mixer is not None:
-            backward = self._direction(self.backward_mixer, normed, chunk, shared, reverse=True,
+            backward = self._direction(self.backward_mixer, sequence, chunk, project, reverse=True,
                                        add_to=mixed if sums and chunk is not None else None)
             if self.merge == "concat":
                 mixed = self.merge_proj(torch.cat([mixed, backward], dim=-1))
@@ -487,13 +567,16 @@ class StormTemporalBlock(GradientCheckpointingLayer):
                 mixed.mul_(0.5)  # the backward outputs were added into `mixed` chunk by chunk
         if self.share_projections:
             mixed = self.forward_mixer.out_proj(mixed)
+        if chunk is not None:
+            return mixed.add_(hidden_states)  # `mixed` is this call's own: no third sequence-long tensor
         return hidden_states + mixed
 
     def _direction(self, mixer: StormMambaMixer, sequence: torch.Tensor, chunk: int | None, project=None,
                    reverse: bool = False, add_to: torch.Tensor | None = None) -> torch.Tensor:
         """One direction: ``mixer`` over (batch, length, dim) read forward or, with ``reverse``, from its end,
         whole (``chunk`` None) or in chunks of ``chunk`` tokens carrying the state; outputs in sequence order.
-        ``project``: the shared in_proj applied to each chunk first (the mixer then runs without projections);
+        ``project``: applied to each chunk first (the norm, and the shared in_proj in Vision Mamba's layout,
+        where the mixer then runs without projections);
         ``add_to``: chunked outputs are added into that tensor, which is returned."""
         inner = self.share_projections
 
@@ -850,6 +933,96 @@ class StormModel(StormPreTrainedModel):
             )
         return features
 
+    # -- long videos: chunk by chunk ------------------------------------------------------------------
+
+    def streams_in_time(self) -> bool:
+        """Whether the temporal encoder can run frame chunk by frame chunk with a carried state (forward-only,
+        raster order, or no temporal layers): long videos then keep only reduced tokens, and live use works."""
+        encoder = self.temporal_encoder
+        return not encoder.layers or (not encoder.bidirectional and "time_major" not in encoder.scan_orders)
+
+    def encode_time_chunk(self, tokens: torch.Tensor, state: list[MambaMixerState] | None):
+        """The temporal encoder on the next frames of a stream: (frames, N, dim) and the state the previous frames
+        left (None at the start) -> (frames, N, dim) and the state after them (`streams_in_time` models)."""
+        if not self.temporal_encoder.layers:
+            return tokens, state
+        frames, n, dim = tokens.shape
+        if state is None:
+            state = self.temporal_encoder.init_state(1, tokens.device)
+        out, state = self.temporal_encoder.stream(tokens.reshape(1, frames * n, dim), state)
+        return out.view(frames, n, dim), state
+
+    @torch.no_grad()
+    def encode_video(self, frame_chunks, num_frames: int | None = None, progress=None) -> StormVideoFeatures:
+        """The visual features of one video given as chunks of frames, for videos whose pixels would not fit in
+        memory at once: only one chunk's pixels and image-encoder activations exist at a time.
+
+        A forward-only raster model (`streams_in_time`) runs each chunk through the temporal encoder with the
+        state the previous chunk left and reduces it as its k-windows complete, so only reduced tokens are kept;
+        a bidirectional one keeps the projector's tokens of every frame (one (frames, N, dim) buffer when
+        ``num_frames`` is given), then runs the temporal encoder (chunked over its sequence, see
+        `temporal_inference_chunk_tokens`) and the reduction once all frames are in. The features equal
+        `get_video_features` on the same frames (within float rounding). No gradients.
+
+        Args:
+            frame_chunks: an iterable of (frames, 3, H, W) pixel tensors in time order, normalised as the
+                processor does it (`StormProcessor.video_chunks` reads a file or an array so).
+            num_frames: the frames in all, when known (``len(frame_chunks)`` is used when it has one).
+            progress: None / True: a progress bar (transformers' tqdm: `disable_progress_bar()` turns it off);
+                False: none; a callable: called with (frames done, frames in all or None) after each chunk.
+        Returns:
+            `StormVideoFeatures`: ``pooler_output`` a list with the video's (num_visual_tokens(frames), dim)
+            tokens (``generate(..., mm_encoder_outputs={"video": features})`` takes it, with a prompt expanded by
+            ``processor(text=..., video_num_frames=features.video_num_frames)``) and ``video_num_frames``.
+        """
+        c = self.config
+        if num_frames is None:
+            num_frames = getattr(frame_chunks, "num_frames", None)
+        report = _progress_reporter(progress, num_frames, "Encoding video frames")
+        streams = self.streams_in_time()
+        reducer = StreamingTokenReducer(c.grid_size, c.temporal_pool_k, c.spatial_pool_p, c.temporal_sample_s)
+        pieces, stored, state, done = [], None, None, 0
+        try:
+            for chunk in frame_chunks:
+                if not torch.is_tensor(chunk) or chunk.dim() != 4:
+                    raise ValueError("encode_video: each chunk must be a (frames, channels, height, width) pixel "
+                                     f"tensor, got {tuple(chunk.shape) if torch.is_tensor(chunk) else type(chunk).__name__}.")
+                if chunk.shape[0] == 0:
+                    continue
+                tokens = self._encode_frames_in_batches(chunk.to(self.device))[1]  # (frames, N, dim)
+                count = tokens.shape[0]
+                if streams:
+                    encoded, state = self.encode_time_chunk(tokens, state)
+                    pieces.append(reducer.push(encoded))  # reduced tokens of the windows completed
+                elif num_frames is not None:
+                    if done + count > num_frames:
+                        raise ValueError(f"encode_video: num_frames={num_frames}, but more frames came.")
+                    if stored is None:  # (frames, N, dim): every frame's projector tokens, filled as they come
+                        stored = tokens.new_empty(num_frames, *tokens.shape[1:])
+                    stored[done:done + count] = tokens
+                else:
+                    pieces.append(tokens)
+                done += count
+                report(done)
+        finally:
+            report(None)
+        if done == 0:
+            raise ValueError("encode_video: the video gave no frames.")
+        if streams:
+            last = reducer.finish()
+            features = torch.cat(pieces + ([last] if last is not None else []))
+        else:
+            if stored is not None and done != num_frames:
+                raise ValueError(f"encode_video: num_frames={num_frames}, but {done} frames came.")
+            tokens = stored if stored is not None else torch.cat(pieces)
+            del pieces, stored
+            frames, n, dim = tokens.shape
+            # one clip: no stacking (a copy) as encode_in_time does for a batch of clips
+            encoded = self.temporal_encoder(tokens.view(1, frames * n, dim), n).view(1, frames, n, dim)
+            del tokens
+            features = self.reduce_tokens(encoded)[0].flatten(0, 1)
+        return StormVideoFeatures(pooler_output=[features], video_num_frames=torch.tensor([done]))
+
     def get_placeholder_mask(self, input_ids, inputs_embeds, token_id: int, features: torch.Tensor, kind: str):
         """Boolean (batch, seq, 1) mask of the ``token_id`` placeholders; raises a ValueError naming both
         counts when they differ from the number of feature vectors (a check `torch.compile` can trace)."""
@@ -1058,6 +1231,14 @@ class StormForConditionalGeneration(StormFromPartsMixin, StormPreTrainedModel, G
     def get_image_features(self, pixel_values, **kwargs):
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    def encode_video(self, frame_chunks, num_frames: int | None = None, progress=None) -> StormVideoFeatures:
+        """`StormModel.encode_video`: a long video's features, chunk by chunk."""
+        return self.model.encode_video(frame_chunks, num_frames=num_frames, progress=progress)
+
+    def live_session(self, processor) -> "StormLiveSession":
+        """A `StormLiveSession` over this model (forward-only raster models): push frames, ask at any time."""
+        return StormLiveSession(self, processor)
+
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -1095,10 +1276,105 @@ class StormForConditionalGeneration(StormFromPartsMixin, StormPreTrainedModel, G
         )
 
 
+class StormLiveSession:
+    """Live video with a forward-only STORM: `push` frames at any rate as they arrive, `ask` a question at any
+    moment about everything seen so far.
+
+    The session carries the temporal encoder's state through every layer and a `StreamingTokenReducer`; each
+    completed k-window's reduced tokens are appended to the LLM's KV cache of the prompt (the chat template up
+    to the video, then the video's tokens), so pushing costs the same per frame however long the stream is, and
+    asking never re-reads the video: the frames of a window not yet complete and the question go on top of the
+    cache, `generate` answers, and the cache is cut back to the video, so questions and answers do not stay
+    in it. An answer equals the one-shot path's (`processor(text=..., videos=...)` and `generate`) on the same
+    frames, up to float rounding. Make one with `StormForConditionalGeneration.live_session(processor)`.
+    """
+
+    def __init__(self, model: "StormForConditionalGeneration", processor):
+        if not model.model.streams_in_time():
+            raise ValueError(
+                "Live sessions need a model whose temporal encoder reads forward only in raster order "
+                "(temporal_bidirectional=False, temporal_scan_order='raster'): this one reads every frame before "
+                "it can encode any, so use the whole video (processor + generate, or model.encode_video)."
+            )
+        self.model, self.processor = model, processor
+        self.video_token_id = model.config.video_token_id
+        c = model.config
+        self.reducer = StreamingTokenReducer(c.grid_size, c.temporal_pool_k, c.spatial_pool_p, c.temporal_sample_s)
+        self.state = None  # per temporal layer, after the frames pushed so far
+        marker = "\u0000QUESTION\u0000"
+        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": marker}]}]
+        prompt = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        before, after = prompt.split(processor.video_token)
+        self._question_template = after  # the text after the video, with the question at the marker
+        self._marker = marker
+        self.input_ids = processor.tokenizer(before, add_special_tokens=False)["input_ids"]  # cached positions
+        self.cache = DynamicCache(config=c.text_config)
+        with torch.no_grad():
+            ids = torch.tensor([self.input_ids], device=model.device)
+            self._extend(model.get_input_embeddings()(ids)[0])
+
+    @property
+    def frames_seen(self) -> int:
+        return self.reducer.frames
+
+    def _extend(self, embeddings: torch.Tensor):
+        """Run the LLM over (tokens, dim) after the cached positions, keeping them in the cache."""
+        self.model.model.language_model(inputs_embeds=embeddings[None].to(self.model.dtype), cache=self.cache,
+                                        use_cache=True)
+
+    @torch.no_grad()
+    def push(self, frames) -> int:
+        """Add the next frames (anything the video processor takes as one video: (frames, H, W, 3) uint8, a
+        list of images, ...; or a (frames, 3, H, W) pixel tensor already processed). Returns the visual tokens
+        this added to the cache (0 until a k-window completes)."""
+        if torch.is_tensor(frames) and frames.dim() == 4 and frames.is_floating_point():
+            pixels = frames
+        else:
+            pixels = self.processor.video_processor([frames], do_sample_frames=False,
+                                                    return_tensors="pt")["pixel_values_videos"][0]
+        stages = self.model.model
+        tokens = stages._encode_frames_in_batches(pixels.to(self.model.device))[1]  # (frames, N, dim)
+        encoded, self.state = stages.encode_time_chunk(tokens, self.state)
+        new = self.reducer.push(encoded)  # (tokens, dim) of the windows these frames complete
+        if new.shape[0]:
+            self._extend(new)
+            self.input_ids.extend([self.video_token_id] * new.shape[0])
+        return int(new.shape[0])
+
+    @torch.no_grad()
+    def ask(self, question: str, max_new_tokens: int = 8, **generate_kwargs) -> str:
+        """Answer ``question`` about the frames pushed so far (greedy unless ``generate_kwargs`` say otherwise)."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"StormLiveSession.ask: the question is empty ({question!r}).")
+        if self.reducer.frames == 0:
+            raise ValueError("StormLiveSession.ask: no frames yet; push some first.")
+        cached = self.cache.get_seq_length()
+        partial = self.reducer.peek()  # the window not yet complete: its mean so far, as the one-shot path
+        question_ids = self.processor.tokenizer(self._question_template.replace(self._marker, question),
+                                                add_special_tokens=False)["input_ids"]
+        partial_count = 0 if partial is None else partial.shape[0]
+        ids = torch.tensor([self.input_ids + [self.video_token_id] * partial_count + question_ids],
+                           device=self.model.device)
+        settings = {"max_new_tokens": max_new_tokens, "do_sample": False, **generate_kwargs}
+        if partial_count:
+            settings["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(pooler_output=[partial])}
+        try:
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), cache=self.cache,
+                                      **settings)
+        finally:  # back to the video only: the next push extends it, the next question starts there
+            added = self.cache.get_seq_length() - cached
+            if added:
+                self.cache.crop(-added)
+        return self.processor.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
 __all__ = [
     "StormPreTrainedModel",
     "StormModel",
     "StormForConditionalGeneration",
+    "StormLiveSession",
+    "StormVideoFeatures",
+    "StreamingTokenReducer",
     "StormMambaMixer",
     "StormTemporalEncoder",
     "StormTemporalBlock",

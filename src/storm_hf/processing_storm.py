@@ -151,6 +151,14 @@ class StormProcessor(ProcessorMixin):
                 break
         return frames
 
+    def video_chunks(self, video, chunk_frames: int = 32, num_frames=None, fps=None, max_frames=None,
+                     progress=False) -> "VideoChunks":
+        """A long video as chunks of pixels for `StormModel.encode_video`, never all of it in memory: the frames
+        are sampled as this processor samples them (``num_frames`` / ``fps`` / ``max_frames``, None: its
+        settings), then decoded and normalised ``chunk_frames`` at a time. ``video``: a path or file:// / http(s)
+        URL (an http(s) video is downloaded once), or a (frames, H, W, 3) array taken as it is (no sampling)."""
+        return VideoChunks(self.video_processor, video, chunk_frames, num_frames, fps, max_frames, progress)
+
     def apply_chat_template(self, conversation, *args, **kwargs):
         """transformers' `apply_chat_template`, refusing a user turn whose text is blank: a turn with a
         ``{"type": "text"}`` item (or string content) that holds no words would ask the model an empty question.
@@ -160,12 +168,16 @@ class StormProcessor(ProcessorMixin):
         return super().apply_chat_template(conversation, *args, **kwargs)
 
     def __call__(self, text=None, videos=None, images=None, return_tensors=None, padding=True,
-                 max_visual_tokens=None, return_text_replacement_offsets=False, **kwargs) -> BatchFeature:
+                 max_visual_tokens=None, return_text_replacement_offsets=False, video_num_frames=None,
+                 **kwargs) -> BatchFeature:
         """
         Args:
             text: a string or a list of strings, each with one `video_token` per video it refers to.
             videos: the videos in placeholder order (flat over the batch, or one list per text), in any
                 form `StormVideoProcessor` takes.
+            video_num_frames: instead of ``videos``, the frame count of each video encoded elsewhere
+                (`StormModel.encode_video`'s ``video_num_frames``): placeholders are expanded for those counts
+                and no pixels are returned.
             **kwargs: video-processor settings (`num_frames`, `fps`, `max_frames`, `return_metadata`, ...)
                 and tokenizer settings (`padding`, `truncation`, `max_length`, `add_special_tokens`, ...).
         Returns:
@@ -203,7 +215,14 @@ class StormProcessor(ProcessorMixin):
         if max_visual_tokens is not None:
             self._apply_budget(max_visual_tokens, video_kwargs)
         data = {}
-        if videos is not None:
+        if video_num_frames is not None:
+            if videos is not None:
+                raise ValueError("StormProcessor: give videos or video_num_frames (videos encoded elsewhere), not both.")
+            counts = [int(n) for n in (video_num_frames.tolist() if hasattr(video_num_frames, "tolist")
+                                       else video_num_frames)]
+            if any(n < 1 for n in counts):
+                raise ValueError(f"StormProcessor: video_num_frames must be positive frame counts, got {counts}.")
+        elif videos is not None:
             flat = [v for group in videos for v in group] if _is_nested(videos) else (
                 list(videos) if isinstance(videos, (list, tuple)) and not _is_frame_list(videos) else [videos]
             )
@@ -370,6 +389,72 @@ class _StillImageView:
         return self._video_processor(*args, **kwargs)
 
 
+class VideoChunks:
+    """Iterable of (frames, 3, H, W) pixel tensors over the sampled frames of one video (see
+    `StormProcessor.video_chunks`); ``num_frames``, ``indices`` and ``timestamps`` are known before the first
+    chunk is decoded. Iterating again reads the video again."""
+
+    def __init__(self, video_processor, video, chunk_frames, num_frames, fps, max_frames, progress):
+        import numpy as np
+
+        from .video_io import check_sampling, local_source, probe_video
+
+        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+            raise ValueError(f"video_chunks: chunk_frames must be a positive integer, got {chunk_frames!r}.")
+        self.video_processor, self.chunk_frames, self.progress = video_processor, chunk_frames, progress
+        self._array = None
+        if isinstance(video, np.ndarray) or hasattr(video, "shape"):
+            frames = np.asarray(video)
+            if frames.ndim != 4:
+                raise ValueError(f"video_chunks: an array video must be (frames, height, width, channels), got "
+                                 f"shape {frames.shape}.")
+            self._array, self.source, self.index = frames, None, None
+            self.indices = np.arange(len(frames))
+            self.timestamps = None
+        else:
+            if num_frames is not None and fps is not None:
+                raise ValueError("video_chunks: sample by num_frames or by fps, not both.")
+            if num_frames is None and fps is None:
+                num_frames, fps = video_processor.num_frames, video_processor.fps
+            max_frames = video_processor.max_frames if max_frames is None else max_frames
+            num_frames, fps, max_frames = check_sampling(num_frames, fps, max_frames)
+            self._local = local_source(video)  # an http(s) video: one download, removed when this is closed
+            self.source = self._local.__enter__()
+            try:
+                self.index = probe_video(self.source)
+                self.indices = video_processor.sample_frames(None, num_frames, fps, max_frames,
+                                                             timestamps=self.index.timestamps)
+            except BaseException:
+                self.close()
+                raise
+            self.timestamps = np.asarray(self.index.timestamps)[self.indices]
+        self.num_frames = int(len(self.indices))
+
+    def __len__(self):
+        return self.num_frames
+
+    def __iter__(self):
+        from .video_io import read_frames
+
+        for start in range(0, self.num_frames, self.chunk_frames):
+            wanted = self.indices[start:start + self.chunk_frames]
+            if self._array is not None:
+                frames = self._array[wanted]
+            else:
+                frames = read_frames(self.source, wanted, index=self.index, progress=self.progress)[0]
+            yield self.video_processor([frames], do_sample_frames=False,
+                                       return_tensors="pt")["pixel_values_videos"][0]  # (frames, 3, H, W)
+
+    def close(self):
+        local = getattr(self, "_local", None)
+        if local is not None:
+            self._local = None
+            local.__exit__(None, None, None)
+
+    def __del__(self):
+        self.close()
+
+
 def _check_user_turns(conversation):
     """ValueError naming the turn when a user turn's text is blank (see `StormProcessor.apply_chat_template`);
     a conversation in another form is left to transformers."""
@@ -433,4 +518,4 @@ def _is_nested(videos) -> bool:
     )
 
 
-__all__ = ["StormProcessor", "StormProcessorKwargs", "STORM_CHAT_TEMPLATE"]
+__all__ = ["StormProcessor", "StormProcessorKwargs", "VideoChunks", "STORM_CHAT_TEMPLATE"]
