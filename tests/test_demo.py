@@ -164,3 +164,34 @@ def test_a_video_url(untrained, tmp_path, monkeypatch):
                          ((tmp_path / "gone.mp4").as_uri(), "gone.mp4: no such file")]:
         result = demo("--model", untrained, "--video", url, "--question", question, check=False)
         assert result.returncode == 2 and message in result.stderr and not result.stdout
+
+
+def test_live_playback_answers_at_the_set_times_from_the_cached_video(tmp_path):
+    from storm_hf.miniature.temporal_qa import clip_rng, make_clip, write_video
+
+    clip = make_clip(clip_rng("test", 0, 0), "direction")  # 16 frames at 8 fps: 2 s
+    video = write_video(tmp_path / "clip.mp4", clip.frames)
+    result = demo("--live", str(video), "--fps", "8", "--ask", f"1:{clip.question}", "--question", "what shape is it ?")
+    lines = result.stdout.splitlines()
+    assert "forward-only temporal layer (bundled_forward_only)" in lines[0]
+    asked = [line for line in lines if line.startswith("[")]
+    assert asked[0].startswith(f"[  1.00 s, 8 frames] {clip.question}")
+    assert asked[1].startswith("[  1.88 s, 16 frames] what shape is it ?")  # asked at the end: the last frame
+    answers = [line.split("answer: ")[1].split()[0] for line in lines if "answer: " in line]
+    assert answers[0] == clip.answer and len(answers) == 2
+    assert re.search(r"^16 frames pushed: [\d.]+ ms per frame", result.stdout, flags=re.M)
+
+
+def test_live_playback_refuses_bidirectional_models_and_bad_asks(untrained, tmp_path):
+    video = write_clip(tmp_path / "clip.mp4", num_frames=8)
+    result = demo("--live", str(video), "--model", untrained, "--question", "q ?", check=False)
+    assert result.returncode == 2 and "forward only in raster order" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = demo("--live", str(video), "--ask", "soon:what ?", check=False)
+    assert result.returncode == 2 and "give SECONDS:QUESTION" in result.stderr
+    result = demo("--live", str(video), check=False)
+    assert result.returncode == 2 and "give a question" in result.stderr
+    result = demo("--live", str(tmp_path / "none.mp4"), "--question", "q ?", check=False)
+    assert result.returncode == 2 and "no such file" in result.stderr
+    result = demo("--ask", "1:what ?", check=False)
+    assert result.returncode == 2 and "--ask asks during --live playback" in result.stderr

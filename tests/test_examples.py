@@ -122,3 +122,15 @@ def test_the_probe_reads_a_checkpoints_own_frozen_encoder():
     assert "its encoder" in result.stdout
     row = next(line for line in result.stdout.splitlines() if line.startswith("colour_change"))
     assert all(0 <= float(cell) <= 1 for cell in row.split()[1:])
+
+
+def test_live_video_example_answers_from_the_cached_stream():
+    out = run("live_video.py")
+    assert "after 8 frames: which way does the red cross move ? -> down" in out
+    assert "after 16 frames: which way does the red cross move ? -> down" in out
+    assert "expected: down" in out
+
+
+def test_long_video_example_encodes_in_chunks_and_answers():
+    out = run("long_video.py", "--chunk-frames", "5")
+    assert "16 frames -> 64 visual tokens; which way does the square move ? -> right" in out

@@ -64,7 +64,7 @@ def test_chunked_features_equal_the_one_shot_features(tokenizer, layout):
     expected = one_shot_features(model, processor, frames)
     assert model.model.streams_in_time() == (layout.startswith("forward") or layout == "no temporal encoder")
     for chunk_frames in (1, 5, 23):
-        chunks = processor.video_chunks(frames, chunk_frames=chunk_frames)
+        chunks = processor.video_chunks(frames, chunk_frames=chunk_frames)  # knows its frame count: one buffer
         features = model.encode_video(chunks, progress=False)
         torch.testing.assert_close(features.pooler_output[0], expected, atol=1e-5, rtol=1e-5)
         assert features.video_num_frames.tolist() == [23]
@@ -144,10 +144,11 @@ def test_bad_long_video_inputs_raise_naming_the_problem(tokenizer, tmp_path):
     with pytest.raises(ValueError, match=r"each chunk must be a \(frames, channels, height, width\)"):
         model.encode_video([torch.zeros(3, 48, 48)], progress=False)
     frames = list(processor.video_chunks(random_frames(6), chunk_frames=3))
-    with pytest.raises(ValueError, match="num_frames=4, but more frames came"):
-        model.encode_video(frames, num_frames=4, progress=False)
-    with pytest.raises(ValueError, match="num_frames=9, but 6 frames came"):
-        model.encode_video(frames, num_frames=9, progress=False)
+    for streaming in (model, build(tokenizer, temporal_bidirectional=False)[0]):
+        with pytest.raises(ValueError, match="num_frames=4, but more frames came"):
+            streaming.encode_video(frames, num_frames=4, progress=False)
+        with pytest.raises(ValueError, match="num_frames=9, but 6 frames came"):
+            streaming.encode_video(frames, num_frames=9, progress=False)
     with pytest.raises(ValueError, match="videos or video_num_frames"):
         processor(text="<video> what", videos=[random_frames(4)], video_num_frames=[4])
     with pytest.raises(ValueError, match="positive frame counts"):
@@ -199,3 +200,19 @@ def test_live_sessions_refuse_bidirectional_models_and_empty_asks(tokenizer):
     session.push(random_frames(2))
     with pytest.raises(ValueError, match="question is empty"):
         session.ask("  ")
+
+
+@pytest.mark.parametrize("layout", [name for name in LAYOUTS if name != "no temporal encoder"])
+def test_the_encoder_writing_over_its_input_gives_its_outputs(tokenizer, layout):
+    model, _ = build(tokenizer, temporal_final_norm=True, **LAYOUTS[layout])
+    encoder = model.model.temporal_encoder
+    tokens = torch.randn(1, 13 * 16, 64)  # 13 frames of 16 tokens: 208 tokens in chunks of 64
+    with torch.no_grad():
+        expected = encoder(tokens, 16)
+        buffer = tokens.clone()
+        out = encoder(buffer, 16, overwrite_input=True)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    if "alternating" not in layout:
+        assert out.data_ptr() == buffer.data_ptr()  # raster layouts: the output is the input's memory
+    with pytest.raises(ValueError, match="inference only"):
+        encoder(tokens, 16, overwrite_input=True)

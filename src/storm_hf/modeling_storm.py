@@ -195,6 +195,14 @@ class StormVideoFeatures(BaseModelOutputWithPooling):
     video_num_frames: torch.LongTensor | None = None
 
 
+def _write_tokens(buffer: torch.Tensor, offset: int, tokens: torch.Tensor | None) -> int:
+    """Write (n, dim) ``tokens`` into ``buffer`` at ``offset``; returns the offset after them."""
+    if tokens is None or tokens.shape[0] == 0:
+        return offset
+    buffer[offset:offset + tokens.shape[0]] = tokens
+    return offset + tokens.shape[0]
+
+
 def _progress_reporter(progress, total: int | None, description: str):
     """``report(done)`` after each chunk and ``report(None)`` at the end, for `encode_video`'s ``progress``."""
     if progress is False:
@@ -591,6 +599,51 @@ class StormTemporalBlock(GradientCheckpointingLayer):
             sequence, chunk, reverse=reverse, add_to=add_to,
         )
 
+    @torch.no_grad()
+    def forward_overwriting(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`forward` without gradients that writes the layer's output over ``hidden_states`` (batch, length, dim)
+        and returns it: the long-video path (`StormModel.encode_video`), where the layer then holds no second
+        sequence-long tensor. Chunk by chunk (`temporal_inference_chunk_tokens`): a bidirectional layer first reads
+        the sequence backward keeping only the state where each chunk starts, then reads it forward, running both
+        directions on each chunk (the backward one again, from its saved state) and adding their merged output
+        into the chunk; the same outputs as `forward`, for one more pass of the backward mixer."""
+        batch, length, _ = hidden_states.shape
+        chunk = self.inference_chunk_tokens or length
+        shared = self.forward_mixer.in_proj if self.share_projections else None
+        inner = self.share_projections
+        starts = range(0, length, chunk)
+
+        def prepare(piece):  # (batch, n, dim) -> the mixers' input: normalised (and through the shared in_proj)
+            normed = self.norm(piece)
+            return normed if shared is None else shared(normed)
+
+        backward_from = {}  # chunk start -> the backward direction's state before it reads that chunk
+        if self.backward_mixer is not None:
+            state = self.backward_mixer.init_state(batch, hidden_states.device)
+            for start in reversed(starts):
+                backward_from[start] = state
+                _, state = self.backward_mixer(prepare(hidden_states[:, start:start + chunk]).flip(1), state,
+                                               inner=inner)
+                # keep the state only, not the chunk-long convolution input its conv_state is a view of
+                state = MambaMixerState(conv_state=state.conv_state.clone(), ssm_state=state.ssm_state)
+        state = self.forward_mixer.init_state(batch, hidden_states.device)
+        for start in starts:
+            piece = hidden_states[:, start:start + chunk]  # a view: the output is written here
+            x = prepare(piece)
+            mixed, state = self.forward_mixer(x, state, inner=inner)
+            if self.backward_mixer is not None:
+                backward = self.backward_mixer(x.flip(1), backward_from.pop(start), inner=inner)[0].flip(1)
+                if self.merge == "concat":
+                    mixed = self.merge_proj(torch.cat([mixed, backward], dim=-1))
+                else:
+                    mixed = mixed + backward
+                    if self.merge == "mean":
+                        mixed.mul_(0.5)
+            if self.share_projections:
+                mixed = self.forward_mixer.out_proj(mixed)
+            piece.add_(mixed)
+        return hidden_states
+
     def stream(self, hidden_states: torch.Tensor, state: MambaMixerState | None) -> tuple[torch.Tensor, MambaMixerState]:
         """One chunk of a stream (forward-only layers): (output, state after the chunk)."""
         if self.bidirectional:
@@ -633,19 +686,33 @@ class StormTemporalEncoder(nn.Module):
         self._check_streamable()
         return [layer.forward_mixer.init_state(batch_size, device) for layer in self.layers]
 
-    def forward(self, hidden_states: torch.Tensor, tokens_per_frame: int | None = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, tokens_per_frame: int | None = None,
+                overwrite_input: bool = False) -> torch.Tensor:
         """(batch, frames * tokens, dim) -> (batch, frames * tokens, dim); frames in time order, tokens in
         raster order inside a frame. Time-major layers (`temporal_scan_order`) need ``tokens_per_frame``: the
-        sequence is regrouped by position for them and back afterwards."""
+        sequence is regrouped by position for them and back afterwards. ``overwrite_input`` (no gradients; the
+        long-video path): each layer writes its output over its input (`StormTemporalBlock.forward_overwriting`),
+        so raster layouts hold one sequence-long tensor, the given one, which is returned holding the output
+        (regrouping for a time-major layer still makes a copy)."""
+        if overwrite_input and torch.is_grad_enabled():
+            raise ValueError("StormTemporalEncoder: overwrite_input is for inference only (no gradients).")
         order = "raster"
         for layer, layer_order in zip(self.layers, self.scan_orders):
             if layer_order != order:
                 hidden_states = change_scan_order(hidden_states, tokens_per_frame, layer_order)
                 order = layer_order
-            hidden_states = layer(hidden_states)
+            hidden_states = layer.forward_overwriting(hidden_states) if overwrite_input else layer(hidden_states)
         if order != "raster":
             hidden_states = change_scan_order(hidden_states, tokens_per_frame, "raster")
-        return hidden_states if self.norm is None else self.norm(hidden_states)
+        if self.norm is None:
+            return hidden_states
+        if not overwrite_input:
+            return self.norm(hidden_states)
+        step = self.layers[0].inference_chunk_tokens or hidden_states.shape[1]
+        for start in range(0, hidden_states.shape[1], step):  # normalised in place, a chunk at a time
+            piece = hidden_states[:, start:start + step]
+            piece.copy_(self.norm(piece))
+        return hidden_states
 
     def stream(
         self, hidden_states: torch.Tensor, state: list[MambaMixerState] | None = None
@@ -981,7 +1048,7 @@ class StormModel(StormPreTrainedModel):
         report = _progress_reporter(progress, num_frames, "Encoding video frames")
         streams = self.streams_in_time()
         reducer = StreamingTokenReducer(c.grid_size, c.temporal_pool_k, c.spatial_pool_p, c.temporal_sample_s)
-        pieces, stored, state, done = [], None, None, 0
+        pieces, stored, state, done, written = [], None, None, 0, 0
         try:
             for chunk in frame_chunks:
                 if not torch.is_tensor(chunk) or chunk.dim() != 4:
@@ -989,14 +1056,18 @@ class StormModel(StormPreTrainedModel):
                                      f"tensor, got {tuple(chunk.shape) if torch.is_tensor(chunk) else type(chunk).__name__}.")
                 if chunk.shape[0] == 0:
                     continue
+                count = chunk.shape[0]
+                if num_frames is not None and done + count > num_frames:
+                    raise ValueError(f"encode_video: num_frames={num_frames}, but more frames came.")
                 tokens = self._encode_frames_in_batches(chunk.to(self.device))[1]  # (frames, N, dim)
-                count = tokens.shape[0]
                 if streams:
                     encoded, state = self.encode_time_chunk(tokens, state)
                     pieces.append(reducer.push(encoded))  # reduced tokens of the windows completed
+                    if num_frames is not None:  # into one buffer for the whole video as they come
+                        if stored is None:
+                            stored = encoded.new_empty(c.num_visual_tokens(num_frames), encoded.shape[-1])
+                        written = _write_tokens(stored, written, pieces.pop())
                 elif num_frames is not None:
-                    if done + count > num_frames:
-                        raise ValueError(f"encode_video: num_frames={num_frames}, but more frames came.")
                     if stored is None:  # (frames, N, dim): every frame's projector tokens, filled as they come
                         stored = tokens.new_empty(num_frames, *tokens.shape[1:])
                     stored[done:done + count] = tokens
@@ -1010,15 +1081,22 @@ class StormModel(StormPreTrainedModel):
             raise ValueError("encode_video: the video gave no frames.")
         if streams:
             last = reducer.finish()
-            features = torch.cat(pieces + ([last] if last is not None else []))
+            if stored is not None:
+                if done != num_frames:
+                    raise ValueError(f"encode_video: num_frames={num_frames}, but {done} frames came.")
+                written = _write_tokens(stored, written, last)
+                features = stored
+            else:
+                features = torch.cat(pieces + ([last] if last is not None else []))
         else:
             if stored is not None and done != num_frames:
                 raise ValueError(f"encode_video: num_frames={num_frames}, but {done} frames came.")
             tokens = stored if stored is not None else torch.cat(pieces)
             del pieces, stored
             frames, n, dim = tokens.shape
-            # one clip: no stacking (a copy) as encode_in_time does for a batch of clips
-            encoded = self.temporal_encoder(tokens.view(1, frames * n, dim), n).view(1, frames, n, dim)
+            # one clip, encoded over its own buffer: no stacked copy (encode_in_time), no second sequence
+            encoded = self.temporal_encoder(tokens.view(1, frames * n, dim), n, overwrite_input=True)
+            encoded = encoded.view(1, frames, n, dim)
             del tokens
             features = self.reduce_tokens(encoded)[0].flatten(0, 1)
         return StormVideoFeatures(pooler_output=[features], video_num_frames=torch.tensor([done]))
@@ -1304,10 +1382,9 @@ class StormLiveSession:
         marker = "\u0000QUESTION\u0000"
         conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": marker}]}]
         prompt = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-        before, after = prompt.split(processor.video_token)
-        self._question_template = after  # the text after the video, with the question at the marker
-        self._marker = marker
-        self.input_ids = processor.tokenizer(before, add_special_tokens=False)["input_ids"]  # cached positions
+        self._prompt_template, self._marker = prompt, marker  # the question goes at the marker
+        self.input_ids = self._split_prompt("?")[0]  # ids of every cached position: the prompt's start, then video
+        self._prefix_length = len(self.input_ids)
         self.cache = DynamicCache(config=c.text_config)
         with torch.no_grad():
             ids = torch.tensor([self.input_ids], device=model.device)
@@ -1316,6 +1393,14 @@ class StormLiveSession:
     @property
     def frames_seen(self) -> int:
         return self.reducer.frames
+
+    def _split_prompt(self, question: str) -> tuple[list[int], list[int]]:
+        """The prompt's ids for ``question`` as the processor tokenizes it (special tokens included), split at
+        its one video placeholder: (ids before it, ids after it)."""
+        text = self._prompt_template.replace(self._marker, question)
+        ids = self.processor.tokenizer(text)["input_ids"]
+        at = ids.index(self.video_token_id)
+        return ids[:at], ids[at + 1:]
 
     def _extend(self, embeddings: torch.Tensor):
         """Run the LLM over (tokens, dim) after the cached positions, keeping them in the cache."""
@@ -1350,8 +1435,9 @@ class StormLiveSession:
             raise ValueError("StormLiveSession.ask: no frames yet; push some first.")
         cached = self.cache.get_seq_length()
         partial = self.reducer.peek()  # the window not yet complete: its mean so far, as the one-shot path
-        question_ids = self.processor.tokenizer(self._question_template.replace(self._marker, question),
-                                                add_special_tokens=False)["input_ids"]
+        before, question_ids = self._split_prompt(question)
+        if before != self.input_ids[:self._prefix_length]:
+            raise ValueError("StormLiveSession.ask: the question changed how the prompt before the video tokenizes.")
         partial_count = 0 if partial is None else partial.shape[0]
         ids = torch.tensor([self.input_ids + [self.video_token_id] * partial_count + question_ids],
                            device=self.model.device)

@@ -7,6 +7,8 @@
     storm-hf demo --video clip.mp4 --question "which way does the white square move ?"
     storm-hf demo --video https://example.com/clip.mp4 --question "what happens ?"   # a URL is downloaded first
     storm-hf demo --web [--port 7860]              # the same on a web page (needs Gradio, see --web)
+    storm-hf demo --live clip.mp4 --ask "2:which way does the white square move ?" [--realtime]
+                                                    # the file played as live video to a forward-only model
 
 The model is the bundled one (`storm_hf.miniature.BUNDLED_MODEL`, trained on `storm_hf.miniature.temporal_qa`) unless
 ``--model`` names another checkpoint folder or Hub id. The report gives the answer, the frames sampled with
@@ -14,6 +16,12 @@ their timestamps, the visual tokens before and after token reduction, and the ti
 decode, vision tower, projector, temporal encoder, token reduction, LLM prefill, decode), each stage run by
 the model's own stage methods (`StormModel.vision_patch_features`, `projector`, `encode_in_time`, `reduce_tokens`)
 and the LLM through `generate()`.
+
+``--live VIDEO`` pushes the video's frames (``--fps``, default 4) one by one to a `StormLiveSession` and asks
+each ``--ask SECONDS:QUESTION`` when playback reaches it (``--question``: at the end), answering from the LLM's
+cached video; ``--realtime`` paces the frames as the video plays. Live use needs a forward-only model: without
+``--model`` it is the bundled model's image encoder and LLM with a new forward-only temporal layer
+(`storm_hf.miniature.bundled_forward_only`); a bidirectional ``--model`` is refused with a message.
 
 Without arguments the demo ends with the check STORM exists for: a within-window clip (the order of two events
 inside one window of k frames, which k-frame pooling alone erases) asked as recorded and again with the frames
@@ -87,6 +95,50 @@ def _window_reversal_check(model, processor, folder: str, seed: int, num_frames,
     return recorded, flipped
 
 
+def _play_live(parser, args):
+    from ..video_io import VideoReadError, _file_url_path, _url_scheme, check_url
+    from .live import parse_asks, play_live
+
+    try:
+        asks = parse_asks(args.ask, args.question)
+        check_url(args.live)
+    except (ValueError, VideoReadError) as error:
+        parser.error(str(error))
+    scheme = _url_scheme(args.live)
+    if scheme in (None, "file") and not os.path.exists(_file_url_path(args.live) if scheme else args.live):
+        parser.error(f"--live {args.live}: no such file")
+    if not args.fps > 0:
+        parser.error(f"--fps must be positive, got {args.fps}")
+    torch.manual_seed(0)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as folder:
+        if args.model:
+            model, processor = load(args.model)
+            name = args.model
+        else:
+            from ..miniature import bundled_forward_only
+
+            model, processor = load(bundled_forward_only(folder))
+            name = "the bundled model's image encoder and LLM with a forward-only temporal layer (bundled_forward_only)"
+        hf_logging.enable_progress_bar()
+        print(f"model: {name}")
+        print(f"playing {args.live} as live video, {args.fps:g} frames a second"
+              f"{' at its own pace' if args.realtime else ''}")
+
+        def show(result):
+            print(f"[{result.at_seconds:6.2f} s, {result.frames_seen} frames] {result.question}\n"
+                  f"    answer: {result.answer}   ({result.seconds * 1000:.0f} ms from the cached video)")
+
+        answers, pushes = play_live(model, processor, args.live, asks, fps=args.fps, realtime=args.realtime,
+                                    max_new_tokens=args.max_new_tokens or 8, on_answer=show)
+    quarter = max(1, len(pushes) // 4)
+    print(f"{len(pushes)} frames pushed: {statistics.median(pushes) * 1000:.1f} ms per frame (median; first "
+          f"quarter {statistics.mean(pushes[:quarter]) * 1000:.1f} ms, last {statistics.mean(pushes[-quarter:]) * 1000:.1f} ms)")
+    return answers
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="storm-hf demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,6 +154,12 @@ def main(argv=None):
     parser.add_argument("--num-frames", type=int, help="frames sampled from the video (default: the processor's)")
     parser.add_argument("--sampling-stride", type=int, help="test-time temporal sampling s (model and processor)")
     parser.add_argument("--max-new-tokens", type=int, help="answer length at most (default 8; 64 with --web)")
+    live = parser.add_argument_group("live video (storm_hf.apps.live)")
+    live.add_argument("--live", metavar="VIDEO", help="play VIDEO (a file or URL) as live video to a forward-only model")
+    live.add_argument("--ask", action="append", metavar="SECONDS:QUESTION",
+                      help="ask QUESTION once playback reaches SECONDS (repeatable)")
+    live.add_argument("--fps", type=float, default=4.0, help="frames a second pushed from the video (default 4)")
+    live.add_argument("--realtime", action="store_true", help="push the frames at the video's own pace")
     web = parser.add_argument_group("web page (storm_hf.apps.web_demo)")
     web.add_argument("--web", action="store_true", help="serve the Gradio page instead (needs Gradio: pip install "
                      "-e \".[demo]\" in the repository root, or pip install \"gradio>=6,<7\")")
@@ -138,6 +196,12 @@ def main(argv=None):
                       max_upload_mb=max_upload_mb)
     if args.max_upload_mb is not None:
         parser.error("--max-upload-mb caps the web page's uploads: give it with --web")
+    if args.live:
+        if args.video or args.task:
+            parser.error("--live plays its own video: give --video or --task without --live")
+        return _play_live(parser, args)
+    if args.ask:
+        parser.error("--ask asks during --live playback: give it with --live VIDEO")
     if args.max_new_tokens is None:
         args.max_new_tokens = 8
     if args.video and args.task:

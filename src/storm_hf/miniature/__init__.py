@@ -103,6 +103,17 @@ def new_model(config: StormConfig, seed: int = 0):
     return model
 
 
+def bundled_forward_only(output_dir):
+    """A forward-only STORM for live video made from the bundled model: its image encoder, projector and LLM,
+    and a new forward-only raster temporal layer whose output projection starts at zero, so the temporal
+    encoder is the identity (`build_initial_checkpoint` with ``weights_from=BUNDLED_MODEL``). It answers what it
+    was trained to see in the frames (which way the square moves, its shape), not the order inside a pooling
+    window, which its bidirectional encoder learned. Written to ``output_dir``; returns ``output_dir``."""
+    config = StormConfig.from_pretrained(BUNDLED_MODEL)
+    config.temporal_bidirectional, config.temporal_scan_order, config.temporal_num_layers = False, "raster", 1
+    return build_initial_checkpoint(output_dir, config, weights_from=BUNDLED_MODEL)
+
+
 def build_initial_checkpoint(output_dir, config: StormConfig, seed: int = 0, num_frames: int = 16,
                              weights_from=None, zero_new_residuals: bool = True):
     """Write a model of ``config`` and its processor (the benchmark's tokenizer, 48 px frames, ``num_frames`` per
@@ -172,4 +183,5 @@ def _load_all_but_temporal_encoder(model, folder):
 
 
 __all__ = ["BUNDLED_MODEL", "DEMO_CLIPS", "ARMS", "mini_config", "mini_tokenizer", "new_model", "build_initial_checkpoint",
+           "bundled_forward_only",
            "zero_residual_outputs"]
