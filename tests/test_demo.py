@@ -195,3 +195,23 @@ def test_live_playback_refuses_bidirectional_models_and_bad_asks(untrained, tmp_
     assert result.returncode == 2 and "no such file" in result.stderr
     result = demo("--ask", "1:what ?", check=False)
     assert result.returncode == 2 and "--ask asks during --live playback" in result.stderr
+
+
+def test_a_long_video_is_asked_in_chunks_with_the_one_shot_answer(untrained, tmp_path):
+    from storm_hf.inference import ask, load
+
+    video = str(write_clip(tmp_path / "long.mp4", num_frames=96))
+    model, processor = load(untrained)
+    whole = ask(model, processor, video, "which way ?", num_frames=40, max_new_tokens=4)
+    chunked = ask(model, processor, video, "which way ?", num_frames=40, max_new_tokens=4, chunk_frames=16)
+    assert "decode + visual path" in chunked.seconds and "vision tower" in whole.seconds
+    assert (chunked.answer, chunked.tokens_after, chunked.frame_indices) == \
+        (whole.answer, whole.tokens_after, whole.frame_indices)
+    result = demo("--model", untrained, "--video", video, "--question", "which way ?", "--fps", "12",
+                  "--chunk-frames", "8")
+    assert "decode + visual path" in result.stdout and "frames sampled (48)" in result.stdout
+    result = demo("--model", untrained, "--video", video, "--question", "q ?", "--fps", "2", "--num-frames", "4",
+                  check=False)
+    assert result.returncode == 2 and "--num-frames or --fps, not both" in result.stderr
+    result = demo("--model", untrained, "--video", video, "--question", "q ?", "--chunk-frames", "0", check=False)
+    assert result.returncode == 2 and "--chunk-frames must be at least 1" in result.stderr

@@ -86,7 +86,7 @@ def temporal_pool(features: torch.Tensor, k: int) -> torch.Tensor:
     sums = features.view(batch, groups, k, tokens, dim).sum(dim=2)  # (batch, groups, tokens, dim)
     counts = torch.full((groups,), float(k), dtype=sums.dtype, device=sums.device)
     counts[-1] = k - pad
-    return sums / counts.view(1, groups, 1, 1)
+    return sums.div_(counts.view(1, groups, 1, 1))  # in place: no second (batch, groups, tokens, dim) tensor
 
 
 def spatial_pool(features: torch.Tensor, grid_size: int, p: int) -> torch.Tensor:

@@ -46,8 +46,9 @@ def _report(result: DemoAnswer, model, header: str):
     c = model.config
     print(header)
     print(f"answer: {result.answer}")
-    shown = ", ".join(f"{i} ({t:.2f} s)" for i, t in zip(result.frame_indices, result.timestamps)) or \
-        ", ".join(map(str, result.frame_indices))
+    shown = [f"{i} ({t:.2f} s)" for i, t in zip(result.frame_indices, result.timestamps)] or \
+        [str(i) for i in result.frame_indices]
+    shown = ", ".join(shown if len(shown) <= 16 else shown[:8] + [f"... {len(shown) - 10} more ..."] + shown[-2:])
     print(f"frames sampled ({len(result.frame_indices)}): {shown}")
     print(f"visual tokens: {result.tokens_before} before reduction ({len(result.frame_indices)} frames x "
           f"{c.tokens_per_frame}), {result.tokens_after} after (temporal pool k={c.temporal_pool_k}, spatial pool "
@@ -107,6 +108,7 @@ def _play_live(parser, args):
     scheme = _url_scheme(args.live)
     if scheme in (None, "file") and not os.path.exists(_file_url_path(args.live) if scheme else args.live):
         parser.error(f"--live {args.live}: no such file")
+    args.fps = 4.0 if args.fps is None else args.fps
     if not args.fps > 0:
         parser.error(f"--fps must be positive, got {args.fps}")
     torch.manual_seed(0)
@@ -152,13 +154,17 @@ def main(argv=None):
     parser.add_argument("--clips", type=int, default=10, help="held-out clips to run without arguments (default 10, "
                         "one per question type of storm_hf.miniature.temporal_qa.ALL_TASKS)")
     parser.add_argument("--num-frames", type=int, help="frames sampled from the video (default: the processor's)")
+    parser.add_argument("--fps", type=float, help="frames sampled a second instead (--video; with --live the frames "
+                        "pushed a second, default 4)")
+    parser.add_argument("--chunk-frames", type=int, default=64, help="a --video sampled to more frames than this is "
+                        "decoded, encoded and reduced this many frames at a time (model.encode_video), never all its "
+                        "pixels at once (default 64)")
     parser.add_argument("--sampling-stride", type=int, help="test-time temporal sampling s (model and processor)")
     parser.add_argument("--max-new-tokens", type=int, help="answer length at most (default 8; 64 with --web)")
     live = parser.add_argument_group("live video (storm_hf.apps.live)")
     live.add_argument("--live", metavar="VIDEO", help="play VIDEO (a file or URL) as live video to a forward-only model")
     live.add_argument("--ask", action="append", metavar="SECONDS:QUESTION",
                       help="ask QUESTION once playback reaches SECONDS (repeatable)")
-    live.add_argument("--fps", type=float, default=4.0, help="frames a second pushed from the video (default 4)")
     live.add_argument("--realtime", action="store_true", help="push the frames at the video's own pace")
     web = parser.add_argument_group("web page (storm_hf.apps.web_demo)")
     web.add_argument("--web", action="store_true", help="serve the Gradio page instead (needs Gradio: pip install "
@@ -196,6 +202,10 @@ def main(argv=None):
                       max_upload_mb=max_upload_mb)
     if args.max_upload_mb is not None:
         parser.error("--max-upload-mb caps the web page's uploads: give it with --web")
+    if args.num_frames is not None and args.fps is not None:
+        parser.error("give --num-frames or --fps, not both")
+    if args.chunk_frames < 1:
+        parser.error(f"--chunk-frames must be at least 1, got {args.chunk_frames}")
     if args.live:
         if args.video or args.task:
             parser.error("--live plays its own video: give --video or --task without --live")
@@ -254,8 +264,9 @@ def main(argv=None):
             if unknown:
                 print(f"note: the tokenizer does not know {', '.join(unknown)}; this model was trained on its "
                       "benchmark's words only")
-            ask(model, processor, video, question, args.num_frames, args.max_new_tokens)  # warm-up
-            result = ask(model, processor, video, question, args.num_frames, args.max_new_tokens)
+            settings = {"fps": args.fps, "chunk_frames": args.chunk_frames}
+            ask(model, processor, video, question, args.num_frames, args.max_new_tokens, **settings)  # warm-up
+            result = ask(model, processor, video, question, args.num_frames, args.max_new_tokens, **settings)
             header = f"video: {args.video or f'generated {args.task} clip (test split, seed {args.seed})'}\n" \
                      f"question: {question}" + (f"\nexpected: {expected}" if expected else "")
             _report(result, model, header)

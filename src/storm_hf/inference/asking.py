@@ -87,7 +87,8 @@ def _is_file(video) -> bool:
 
 @torch.inference_mode()
 def ask(model, processor, video, question: str, num_frames: int | None = None, max_new_tokens: int = 8, *,
-        fps: float | None = None, max_frames: int | None = None, on_event=None) -> DemoAnswer:
+        fps: float | None = None, max_frames: int | None = None, on_event=None,
+        chunk_frames: int | None = None) -> DemoAnswer:
     """Answer ``question`` about ``video``, stage by stage.
 
     Args:
@@ -98,6 +99,10 @@ def ask(model, processor, video, question: str, num_frames: int | None = None, m
         on_event: called as ``on_event(kind, value)`` while the answer is made: ``("decoding", (done, total))``
             as frames decode, ``("sampled", SampledVideo)`` once a file is decoded, ``("tokens", (before,
             after))`` after token reduction, and ``("text", answer so far)`` as each new token comes out.
+        chunk_frames: for a file whose sampling gives more frames than this, the long-video path: decoded,
+            encoded and reduced ``chunk_frames`` at a time (`StormProcessor.video_chunks`,
+            `StormModel.encode_video`), never all its pixels at once; the stages are then timed as one
+            ("decode + visual path") and no ``"sampled"`` event comes (``("decoding", ...)`` counts frames encoded).
     """
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -107,6 +112,13 @@ def ask(model, processor, video, question: str, num_frames: int | None = None, m
     seconds = {}
     prompt = video_question_prompt(processor, question)
     start = time.perf_counter()
+    if chunk_frames is not None and _is_file(video) and not isinstance(video, (bytes, bytearray, memoryview)) \
+            and not hasattr(video, "read"):
+        sampling = {"num_frames": num_frames, "fps": fps, "max_frames": max_frames}
+        chunks = processor.video_chunks(video, chunk_frames=chunk_frames, **sampling)
+        if chunks.num_frames > chunk_frames:
+            return _ask_in_chunks(model, processor, chunks, prompt, max_new_tokens, tell, start)
+        chunks.close()
     if isinstance(video, SampledVideo) or _is_file(video):
         sampled = video if isinstance(video, SampledVideo) else sample_video(
             processor, video, num_frames, fps, max_frames, progress=lambda done, total: tell("decoding", (done, total)))
@@ -164,6 +176,37 @@ def ask(model, processor, video, question: str, num_frames: int | None = None, m
         seconds=seconds,
         new_tokens=max(0, len(clock.times) - 1),
     )
+
+
+def _ask_in_chunks(model, processor, chunks, prompt, max_new_tokens, tell, start) -> DemoAnswer:
+    """`ask`'s long-video path: ``chunks`` (a `VideoChunks`) through `encode_video`, then `generate`."""
+    try:
+        features = model.encode_video(chunks, progress=lambda done, total: tell("decoding", (done, total)))
+    finally:
+        chunks.close()
+    seconds = {"decode + visual path": time.perf_counter() - start}
+    tokens_before = chunks.num_frames * model.config.tokens_per_frame
+    tokens_after = int(features.pooler_output[0].shape[0])
+    tell("tokens", (tokens_before, tokens_after))
+    inputs = processor(text=prompt, video_num_frames=features.video_num_frames, return_tensors="pt")
+    new_ids = []
+
+    def on_token(ids):
+        new_ids.extend(ids)
+        tell("text", processor.decode(new_ids, skip_special_tokens=True).strip())
+
+    clock = TokenClock(on_token)
+    output = model.generate(input_ids=inputs["input_ids"].to(model.device),
+                            attention_mask=inputs["attention_mask"].to(model.device),
+                            mm_encoder_outputs={"video": features}, max_new_tokens=max_new_tokens, do_sample=False,
+                            streamer=clock)
+    seconds["LLM prefill"] = clock.times[1] - clock.times[0]
+    seconds["decode"] = clock.times[-1] - clock.times[1] if len(clock.times) > 2 else 0.0
+    new = output[0, inputs["input_ids"].shape[1]:]
+    return DemoAnswer(answer=processor.decode(new, skip_special_tokens=True).strip(),
+                      frame_indices=[int(i) for i in chunks.indices],
+                      timestamps=[float(t) for t in chunks.timestamps], tokens_before=tokens_before,
+                      tokens_after=tokens_after, seconds=seconds, new_tokens=max(0, len(clock.times) - 1))
 
 
 def unknown_words(processor, question: str) -> list[str]:
