@@ -163,10 +163,12 @@ def reference_answer(model, processor, frames, question, new_tokens=6):
     return processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-@pytest.mark.parametrize("layout", ["forward-only", "forward-only k=3 p=2 s=2, 2 layers", "no temporal encoder"])
-def test_a_live_session_answers_as_the_one_shot_path_on_the_frames_seen(tokenizer, layout):
+@pytest.mark.parametrize("layout,prefill", [("forward-only", "push"), ("forward-only k=3 p=2 s=2, 2 layers", "push"),
+                                            ("forward-only k=3 p=2 s=2, 2 layers", "ask"),
+                                            ("no temporal encoder", "push")])
+def test_a_live_session_answers_as_the_one_shot_path_on_the_frames_seen(tokenizer, layout, prefill):
     model, processor = build(tokenizer, **LAYOUTS[layout])
-    session = model.live_session(processor)
+    session = model.live_session(processor, prefill=prefill)
     assert isinstance(session, StormLiveSession)
     frames = random_frames(29, seed=3)
     question = "which colour appears first ?"
@@ -174,7 +176,9 @@ def test_a_live_session_answers_as_the_one_shot_path_on_the_frames_seen(tokenize
     for count in (1, 4, 2, 7, 3, 12):  # windows completed across pushes, and partial windows at each question
         session.push(frames[seen:seen + count])
         seen += count
-        video_length = session.cache.get_seq_length()
+        video_length = len(session.input_ids)  # with prefill="ask" the cache catches up at the question
+        if prefill == "ask":
+            assert session.cache.get_seq_length() <= video_length
         answer = session.ask(question, max_new_tokens=6)
         assert session.cache.get_seq_length() == video_length  # the question and answer are not kept
         assert answer == reference_answer(model, processor, frames[:seen], question)
@@ -200,6 +204,8 @@ def test_live_sessions_refuse_bidirectional_models_and_empty_asks(tokenizer):
     session.push(random_frames(2))
     with pytest.raises(ValueError, match="question is empty"):
         session.ask("  ")
+    with pytest.raises(ValueError, match="prefill must be 'push' or 'ask'"):
+        model.live_session(processor, prefill="never")
 
 
 @pytest.mark.parametrize("layout", [name for name in LAYOUTS if name != "no temporal encoder"])

@@ -1313,9 +1313,10 @@ class StormForConditionalGeneration(StormFromPartsMixin, StormPreTrainedModel, G
         """`StormModel.encode_video`: a long video's features, chunk by chunk."""
         return self.model.encode_video(frame_chunks, num_frames=num_frames, progress=progress)
 
-    def live_session(self, processor) -> "StormLiveSession":
-        """A `StormLiveSession` over this model (forward-only raster models): push frames, ask at any time."""
-        return StormLiveSession(self, processor)
+    def live_session(self, processor, prefill: str = "push") -> "StormLiveSession":
+        """A `StormLiveSession` over this model (forward-only raster models): push frames, ask at any time.
+        ``prefill``: when completed windows enter the LLM's cache, "push" or "ask" (see the class)."""
+        return StormLiveSession(self, processor, prefill=prefill)
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -1358,16 +1359,23 @@ class StormLiveSession:
     """Live video with a forward-only STORM: `push` frames at any rate as they arrive, `ask` a question at any
     moment about everything seen so far.
 
-    The session carries the temporal encoder's state through every layer and a `StreamingTokenReducer`; each
-    completed k-window's reduced tokens are appended to the LLM's KV cache of the prompt (the chat template up
-    to the video, then the video's tokens), so pushing costs the same per frame however long the stream is, and
-    asking never re-reads the video: the frames of a window not yet complete and the question go on top of the
-    cache, `generate` answers, and the cache is cut back to the video, so questions and answers do not stay
-    in it. An answer equals the one-shot path's (`processor(text=..., videos=...)` and `generate`) on the same
-    frames, up to float rounding. Make one with `StormForConditionalGeneration.live_session(processor)`.
+    The session carries the temporal encoder's state through every layer and a `StreamingTokenReducer`, so the
+    visual path costs the same per frame however long the stream is. Each completed k-window's reduced tokens go
+    into the LLM's KV cache of the prompt (the chat template up to the video, then the video's tokens): with
+    ``prefill="push"`` (the default) as the window completes, so that a question only adds itself; with
+    ``prefill="ask"`` at the next question, so that a push costs only the visual path (with a transformer LLM,
+    appending tokens costs attention over everything cached, which grows with the stream). Asking never re-reads
+    the video: the frames of a window not yet complete and the question go on top of the cache, `generate`
+    answers, and the cache is cut back to the video, so questions and answers do not stay in it. An answer
+    equals the one-shot path's (`processor(text=..., videos=...)` and `generate`) on the same frames, up to float
+    rounding. Make one with `StormForConditionalGeneration.live_session(processor)`.
     """
 
-    def __init__(self, model: "StormForConditionalGeneration", processor):
+    def __init__(self, model: "StormForConditionalGeneration", processor, prefill: str = "push"):
+        if prefill not in ("push", "ask"):
+            raise ValueError(f"StormLiveSession: prefill must be 'push' or 'ask', got {prefill!r}.")
+        self.prefill = prefill
+        self._waiting = []  # reduced tokens not in the cache yet (prefill="ask")
         if not model.model.streams_in_time():
             raise ValueError(
                 "Live sessions need a model whose temporal encoder reads forward only in raster order "
@@ -1422,7 +1430,10 @@ class StormLiveSession:
         encoded, self.state = stages.encode_time_chunk(tokens, self.state)
         new = self.reducer.push(encoded)  # (tokens, dim) of the windows these frames complete
         if new.shape[0]:
-            self._extend(new)
+            if self.prefill == "push":
+                self._extend(new)
+            else:
+                self._waiting.append(new)
             self.input_ids.extend([self.video_token_id] * new.shape[0])
         return int(new.shape[0])
 
@@ -1433,6 +1444,9 @@ class StormLiveSession:
             raise ValueError(f"StormLiveSession.ask: the question is empty ({question!r}).")
         if self.reducer.frames == 0:
             raise ValueError("StormLiveSession.ask: no frames yet; push some first.")
+        if self._waiting:  # prefill="ask": the windows completed since the last question
+            self._extend(torch.cat(self._waiting))
+            self._waiting = []
         cached = self.cache.get_seq_length()
         partial = self.reducer.peek()  # the window not yet complete: its mean so far, as the one-shot path
         before, question_ids = self._split_prompt(question)
