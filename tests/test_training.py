@@ -319,3 +319,34 @@ def test_freeze_keeps_whole_parts_fixed_on_top_of_the_stage():
     assert trainable_parameters(lora)["temporal_encoder trainable"] == 0
     with pytest.raises(ValueError, match="Cannot freeze 'vision'.*the parts are vision_tower, projector"):
         freeze_parts(model, ["vision"])
+
+
+def test_a_launch_whose_processes_would_train_alone_is_refused(data, tmp_path, monkeypatch):
+    # accelerate launch --multi_gpu --num_processes 2 on CPUs without training.use_cpu: each process used to train
+    # the whole job alone (world size 1) into the same output_dir; now each stops with the fix named.
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from storm_hf.training.job import _check_world_size
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"started 2 processes \(WORLD_SIZE=2\) but this one trains with world "
+                                         r"size 1.*training.use_cpu: true"):
+        _check_world_size(SimpleNamespace(world_size=1, output_dir="out"))
+    _check_world_size(SimpleNamespace(world_size=2, output_dir="out"))
+    monkeypatch.delenv("WORLD_SIZE")
+    _check_world_size(SimpleNamespace(world_size=1, output_dir="out"))
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "base")
+    config = job(data, checkpoint, tmp_path / "out", "sft")
+    config["training"].update(max_steps=2, save_steps=100)
+    del config["training"]["use_cpu"]
+    (tmp_path / "job.json").write_text(json.dumps(config))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "storm_hf", "train", str(tmp_path / "job.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "the launcher started 2 processes (WORLD_SIZE=2) but this one trains with world size 1" in result.stderr
+    assert not (tmp_path / "out" / "model.safetensors").exists()

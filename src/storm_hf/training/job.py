@@ -390,6 +390,24 @@ def _schedule_check(checkpoint: str, state: dict, args, extend: bool, say):
     return check
 
 
+def _check_world_size(args):
+    """Refuse a launch whose processes do not train together. A launcher that starts N processes (accelerate
+    launch, torchrun) sets WORLD_SIZE=N in each; a process that then trains with world size 1 (CPU processes
+    without ``training.use_cpu: true``, which accelerate only joins over gloo when asked; GPU launches whose
+    processes see no GPU) would run N separate trainings into the same output_dir, each saving over the others."""
+    try:
+        launched = int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        return
+    if launched > 1 and args.world_size != launched:
+        raise ValueError(
+            f"storm-hf train: the launcher started {launched} processes (WORLD_SIZE={launched}) but this one trains "
+            f"with world size {args.world_size}, so each would train the whole job alone into {args.output_dir}. "
+            "On CPUs set training.use_cpu: true (data-parallel over gloo); on GPUs make sure every process sees "
+            "its GPU (CUDA_VISIBLE_DEVICES)."
+        )
+
+
 def train(config: dict, callbacks=None):
     """Run one training job described by `config` (see the module docstring).
 
@@ -418,6 +436,7 @@ def train(config: dict, callbacks=None):
     training.setdefault("remove_unused_columns", False)  # the collator needs the raw records
     training.setdefault("report_to", [])
     args = TrainingArguments(**training)
+    _check_world_size(args)
     stage = config.get("stage", "lora")
     merge = stage == "lora" and bool(config.get("merge_lora"))
     main_process = args.process_index == 0
