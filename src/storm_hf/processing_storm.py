@@ -152,12 +152,13 @@ class StormProcessor(ProcessorMixin):
         return frames
 
     def video_chunks(self, video, chunk_frames: int = 32, num_frames=None, fps=None, max_frames=None,
-                     progress=False) -> "VideoChunks":
+                     progress=False, index=None) -> "VideoChunks":
         """A long video as chunks of pixels for `StormModel.encode_video`, never all of it in memory: the frames
         are sampled as this processor samples them (``num_frames`` / ``fps`` / ``max_frames``, None: its
         settings), then decoded and normalised ``chunk_frames`` at a time. ``video``: a path or file:// / http(s)
-        URL (an http(s) video is downloaded once), or a (frames, H, W, 3) array taken as it is (no sampling)."""
-        return VideoChunks(self.video_processor, video, chunk_frames, num_frames, fps, max_frames, progress)
+        URL (an http(s) video is downloaded once), bytes or a binary file, or a (frames, H, W, 3) array taken
+        as it is (no sampling). ``index``: the video's `probe_video` index, when the caller already has it."""
+        return VideoChunks(self.video_processor, video, chunk_frames, num_frames, fps, max_frames, progress, index)
 
     def apply_chat_template(self, conversation, *args, **kwargs):
         """transformers' `apply_chat_template`, refusing a user turn whose text is blank: a turn with a
@@ -389,15 +390,29 @@ class _StillImageView:
         return self._video_processor(*args, **kwargs)
 
 
+def file_sampling(video_processor, num_frames, fps, max_frames, who: str):
+    """The sampling of a video file as ``video_processor`` does it: ``num_frames`` evenly or ``fps`` frames a
+    second (neither: the processor's settings), at most ``max_frames`` (None: the processor's); checked before
+    any file is read. Returns (num_frames, fps, max_frames); a ValueError starting with ``who`` otherwise."""
+    from .video_io import check_sampling
+
+    if num_frames is not None and fps is not None:
+        raise ValueError(f"{who}: sample by num_frames or by fps, not both.")
+    if num_frames is None and fps is None:
+        num_frames, fps = video_processor.num_frames, video_processor.fps
+    max_frames = video_processor.max_frames if max_frames is None else max_frames
+    return check_sampling(num_frames, fps, max_frames)
+
+
 class VideoChunks:
     """Iterable of (frames, 3, H, W) pixel tensors over the sampled frames of one video (see
     `StormProcessor.video_chunks`); ``num_frames``, ``indices`` and ``timestamps`` are known before the first
     chunk is decoded. Iterating again reads the video again."""
 
-    def __init__(self, video_processor, video, chunk_frames, num_frames, fps, max_frames, progress):
+    def __init__(self, video_processor, video, chunk_frames, num_frames, fps, max_frames, progress, index=None):
         import numpy as np
 
-        from .video_io import check_sampling, local_source, probe_video
+        from .video_io import local_source, probe_video
 
         if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
             raise ValueError(f"video_chunks: chunk_frames must be a positive integer, got {chunk_frames!r}.")
@@ -412,16 +427,11 @@ class VideoChunks:
             self.indices = np.arange(len(frames))
             self.timestamps = None
         else:
-            if num_frames is not None and fps is not None:
-                raise ValueError("video_chunks: sample by num_frames or by fps, not both.")
-            if num_frames is None and fps is None:
-                num_frames, fps = video_processor.num_frames, video_processor.fps
-            max_frames = video_processor.max_frames if max_frames is None else max_frames
-            num_frames, fps, max_frames = check_sampling(num_frames, fps, max_frames)
+            num_frames, fps, max_frames = file_sampling(video_processor, num_frames, fps, max_frames, "video_chunks")
             self._local = local_source(video)  # an http(s) video: one download, removed when this is closed
             self.source = self._local.__enter__()
             try:
-                self.index = probe_video(self.source)
+                self.index = index if index is not None else probe_video(self.source)
                 self.indices = video_processor.sample_frames(None, num_frames, fps, max_frames,
                                                              timestamps=self.index.timestamps)
             except BaseException:

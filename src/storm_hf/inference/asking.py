@@ -58,22 +58,20 @@ class SampledVideo:
     before_budget: int  # frames the sampling asked for before ``max_frames`` thinned them (>= len(indices))
 
 
-def sample_video(processor, source, num_frames=None, fps=None, max_frames=None, progress=None) -> SampledVideo:
+def sample_video(processor, source, num_frames=None, fps=None, max_frames=None, progress=None,
+                 index=None) -> SampledVideo:
     """Sample and decode a video file (path, http(s) or file:// URL, bytes or binary file) the way ``processor``
     would: ``num_frames`` evenly or ``fps`` frames a second (neither: the processor's defaults), at most
     ``max_frames`` (None: the processor's). ``progress``: as in `video_io.read_frames` (a callable gets
-    ``(frames done, frames in all)``)."""
-    from ..video_io import check_sampling, local_source, probe_video, read_frames
+    ``(frames done, frames in all)``). ``index``: the video's `probe_video` index, when the caller has it."""
+    from ..processing_storm import file_sampling
+    from ..video_io import local_source, probe_video, read_frames
 
     sampler = processor.video_processor
-    if num_frames is not None and fps is not None:
-        raise ValueError("Sample by num_frames or by fps, not both.")
-    if num_frames is None and fps is None:
-        num_frames, fps = sampler.num_frames, sampler.fps
-    max_frames = sampler.max_frames if max_frames is None else max_frames
-    num_frames, fps, max_frames = check_sampling(num_frames, fps, max_frames)  # before a download or a decode
+    # checked before a download or a decode
+    num_frames, fps, max_frames = file_sampling(sampler, num_frames, fps, max_frames, "sample_video")
     with local_source(source) as source:  # a URL: downloaded once, for the probe and the read
-        index = probe_video(source)
+        index = index if index is not None else probe_video(source)
         wanted = sampler.sample_frames(None, num_frames, fps, None, timestamps=index.timestamps)
         indices = sampler.sample_frames(None, num_frames, fps, max_frames, timestamps=index.timestamps)
         frames, timestamps, _ = read_frames(source, indices, index=index, progress=progress)
@@ -112,16 +110,21 @@ def ask(model, processor, video, question: str, num_frames: int | None = None, m
     seconds = {}
     prompt = video_question_prompt(processor, question)
     start = time.perf_counter()
-    if chunk_frames is not None and _is_file(video) and not isinstance(video, (bytes, bytearray, memoryview)) \
-            and not hasattr(video, "read"):
+    decoding = lambda done, total: tell("decoding", (done, total))  # noqa: E731
+    if chunk_frames is not None and _is_file(video):
+        from ..video_io import local_source, probe_video
+
         sampling = {"num_frames": num_frames, "fps": fps, "max_frames": max_frames}
-        chunks = processor.video_chunks(video, chunk_frames=chunk_frames, **sampling)
-        if chunks.num_frames > chunk_frames:
-            return _ask_in_chunks(model, processor, chunks, prompt, max_new_tokens, tell, start)
-        chunks.close()
+        with local_source(video) as source:  # one download and one probe, whichever path is taken
+            index = probe_video(source)
+            chunks = processor.video_chunks(source, chunk_frames=chunk_frames, index=index, **sampling)
+            if chunks.num_frames > chunk_frames:
+                return _ask_in_chunks(model, processor, chunks, prompt, max_new_tokens, on_event, start)
+            chunks.close()
+            video = sample_video(processor, source, progress=decoding, index=index, **sampling)
     if isinstance(video, SampledVideo) or _is_file(video):
         sampled = video if isinstance(video, SampledVideo) else sample_video(
-            processor, video, num_frames, fps, max_frames, progress=lambda done, total: tell("decoding", (done, total)))
+            processor, video, num_frames, fps, max_frames, progress=decoding)
         tell("sampled", sampled)
         inputs = processor(text=prompt, videos=[sampled.frames], do_sample_frames=False, return_tensors="pt")
         indices, timestamps = sampled.indices, sampled.timestamps
@@ -151,35 +154,37 @@ def ask(model, processor, video, question: str, num_frames: int | None = None, m
     tokens_before, tokens_after = int(tokens.shape[0] * tokens.shape[1]), int(features.shape[0])
     tell("tokens", (tokens_before, tokens_after))
 
+    placed = BaseModelOutputWithPooling(pooler_output=[features])
+    answer, new_tokens = _generate_answer(model, processor, inputs, placed, max_new_tokens, on_event, seconds)
+    return DemoAnswer(answer=answer, frame_indices=indices, timestamps=timestamps, tokens_before=tokens_before,
+                      tokens_after=tokens_after, seconds=seconds, new_tokens=new_tokens)
+
+
+def _generate_answer(model, processor, inputs, features, max_new_tokens, on_event, seconds):
+    """`generate` on ``inputs`` with the video ``features`` placed, timed into ``seconds`` ("LLM prefill",
+    "decode"); each new token reaches ``on_event`` as ``("text", answer so far)`` when it is given. Returns the
+    answer and the number of new tokens."""
     new_ids = []
 
     def on_token(ids):
         new_ids.extend(ids)
-        tell("text", processor.decode(new_ids, skip_special_tokens=True).strip())
+        on_event("text", processor.decode(new_ids, skip_special_tokens=True).strip())
 
     clock = TokenClock(on_token if on_event else None)
     output = model.generate(
         input_ids=inputs["input_ids"].to(model.device), attention_mask=inputs["attention_mask"].to(model.device),
-        mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=[features])},
-        max_new_tokens=max_new_tokens, do_sample=False, streamer=clock,
+        mm_encoder_outputs={"video": features}, max_new_tokens=max_new_tokens, do_sample=False, streamer=clock,
     )
     new = output[0, inputs["input_ids"].shape[1]:]
     # clock.times: [prompt given, first new token, second, ...]
     seconds["LLM prefill"] = clock.times[1] - clock.times[0]
     seconds["decode"] = clock.times[-1] - clock.times[1] if len(clock.times) > 2 else 0.0
-    return DemoAnswer(
-        answer=processor.decode(new, skip_special_tokens=True).strip(),
-        frame_indices=indices,
-        timestamps=timestamps,
-        tokens_before=tokens_before,
-        tokens_after=tokens_after,
-        seconds=seconds,
-        new_tokens=max(0, len(clock.times) - 1),
-    )
+    return processor.decode(new, skip_special_tokens=True).strip(), max(0, len(clock.times) - 1)
 
 
-def _ask_in_chunks(model, processor, chunks, prompt, max_new_tokens, tell, start) -> DemoAnswer:
+def _ask_in_chunks(model, processor, chunks, prompt, max_new_tokens, on_event, start) -> DemoAnswer:
     """`ask`'s long-video path: ``chunks`` (a `VideoChunks`) through `encode_video`, then `generate`."""
+    tell = on_event or (lambda kind, value: None)
     try:
         features = model.encode_video(chunks, progress=lambda done, total: tell("decoding", (done, total)))
     finally:
@@ -189,24 +194,10 @@ def _ask_in_chunks(model, processor, chunks, prompt, max_new_tokens, tell, start
     tokens_after = int(features.pooler_output[0].shape[0])
     tell("tokens", (tokens_before, tokens_after))
     inputs = processor(text=prompt, video_num_frames=features.video_num_frames, return_tensors="pt")
-    new_ids = []
-
-    def on_token(ids):
-        new_ids.extend(ids)
-        tell("text", processor.decode(new_ids, skip_special_tokens=True).strip())
-
-    clock = TokenClock(on_token)
-    output = model.generate(input_ids=inputs["input_ids"].to(model.device),
-                            attention_mask=inputs["attention_mask"].to(model.device),
-                            mm_encoder_outputs={"video": features}, max_new_tokens=max_new_tokens, do_sample=False,
-                            streamer=clock)
-    seconds["LLM prefill"] = clock.times[1] - clock.times[0]
-    seconds["decode"] = clock.times[-1] - clock.times[1] if len(clock.times) > 2 else 0.0
-    new = output[0, inputs["input_ids"].shape[1]:]
-    return DemoAnswer(answer=processor.decode(new, skip_special_tokens=True).strip(),
-                      frame_indices=[int(i) for i in chunks.indices],
+    answer, new_tokens = _generate_answer(model, processor, inputs, features, max_new_tokens, on_event, seconds)
+    return DemoAnswer(answer=answer, frame_indices=[int(i) for i in chunks.indices],
                       timestamps=[float(t) for t in chunks.timestamps], tokens_before=tokens_before,
-                      tokens_after=tokens_after, seconds=seconds, new_tokens=max(0, len(clock.times) - 1))
+                      tokens_after=tokens_after, seconds=seconds, new_tokens=new_tokens)
 
 
 def unknown_words(processor, question: str) -> list[str]:
