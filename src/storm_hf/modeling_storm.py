@@ -196,7 +196,7 @@ class StormVideoFeatures(BaseModelOutputWithPooling):
 
 
 def _write_tokens(buffer: torch.Tensor, offset: int, tokens: torch.Tensor | None) -> int:
-    """Write (n, dim) ``tokens`` into ``buffer`` at ``offset``; returns the offset after them."""
+    """Write ``tokens`` (n, ...) into ``buffer`` at row ``offset``; returns the offset after them."""
     if tokens is None or tokens.shape[0] == 0:
         return offset
     buffer[offset:offset + tokens.shape[0]] = tokens
@@ -1008,16 +1008,24 @@ class StormModel(StormPreTrainedModel):
         encoder = self.temporal_encoder
         return not encoder.layers or (not encoder.bidirectional and "time_major" not in encoder.scan_orders)
 
-    def encode_time_chunk(self, tokens: torch.Tensor, state: list[MambaMixerState] | None):
-        """The temporal encoder on the next frames of a stream: (frames, N, dim) and the state the previous frames
-        left (None at the start) -> (frames, N, dim) and the state after them (`streams_in_time` models)."""
-        if not self.temporal_encoder.layers:
-            return tokens, state
-        frames, n, dim = tokens.shape
-        if state is None:
-            state = self.temporal_encoder.init_state(1, tokens.device)
-        out, state = self.temporal_encoder.stream(tokens.reshape(1, frames * n, dim), state)
-        return out.view(frames, n, dim), state
+    def token_reducer(self) -> StreamingTokenReducer:
+        """A `StreamingTokenReducer` with this model's grid and k / p / s."""
+        c = self.config
+        return StreamingTokenReducer(c.grid_size, c.temporal_pool_k, c.spatial_pool_p, c.temporal_sample_s)
+
+    def stream_frames(self, pixels: torch.Tensor, state: list[MambaMixerState] | None,
+                      reducer: StreamingTokenReducer) -> tuple[torch.Tensor, list[MambaMixerState] | None]:
+        """The next frames of a stream (`streams_in_time` models) through the whole visual path: (frames, 3, H, W)
+        pixels and the temporal state the previous frames left (None at the start) -> the reduced tokens
+        (tokens, dim) of the windows they complete in ``reducer`` and the state after them."""
+        tokens = self._encode_frames_in_batches(pixels.to(self.device))[1]  # (frames, N, dim)
+        if self.temporal_encoder.layers:
+            frames, n, dim = tokens.shape
+            if state is None:
+                state = self.temporal_encoder.init_state(1, tokens.device)
+            out, state = self.temporal_encoder.stream(tokens.reshape(1, frames * n, dim), state)
+            tokens = out.view(frames, n, dim)
+        return reducer.push(tokens), state
 
     @torch.no_grad()
     def encode_video(self, frame_chunks, num_frames: int | None = None, progress=None) -> StormVideoFeatures:
@@ -1047,7 +1055,7 @@ class StormModel(StormPreTrainedModel):
             num_frames = getattr(frame_chunks, "num_frames", None)
         report = _progress_reporter(progress, num_frames, "Encoding video frames")
         streams = self.streams_in_time()
-        reducer = StreamingTokenReducer(c.grid_size, c.temporal_pool_k, c.spatial_pool_p, c.temporal_sample_s)
+        reducer = self.token_reducer()
         pieces, stored, state, done, written = [], None, None, 0, 0
         try:
             for chunk in frame_chunks:
@@ -1059,38 +1067,33 @@ class StormModel(StormPreTrainedModel):
                 count = chunk.shape[0]
                 if num_frames is not None and done + count > num_frames:
                     raise ValueError(f"encode_video: num_frames={num_frames}, but more frames came.")
-                tokens = self._encode_frames_in_batches(chunk.to(self.device))[1]  # (frames, N, dim)
-                if streams:
-                    encoded, state = self.encode_time_chunk(tokens, state)
-                    pieces.append(reducer.push(encoded))  # reduced tokens of the windows completed
-                    if num_frames is not None:  # into one buffer for the whole video as they come
-                        if stored is None:
-                            stored = encoded.new_empty(c.num_visual_tokens(num_frames), encoded.shape[-1])
-                        written = _write_tokens(stored, written, pieces.pop())
-                elif num_frames is not None:
-                    if stored is None:  # (frames, N, dim): every frame's projector tokens, filled as they come
-                        stored = tokens.new_empty(num_frames, *tokens.shape[1:])
-                    stored[done:done + count] = tokens
-                else:
-                    pieces.append(tokens)
+                if streams:  # the reduced tokens (tokens, dim) of the windows these frames complete
+                    piece, state = self.stream_frames(chunk, state, reducer)
+                else:  # every frame's projector tokens (frames, N, dim)
+                    piece = self._encode_frames_in_batches(chunk.to(self.device))[1]
+                if num_frames is None:
+                    pieces.append(piece)
+                else:  # one buffer for the whole video, filled as the chunks come
+                    if stored is None:
+                        rows = c.num_visual_tokens(num_frames) if streams else num_frames
+                        stored = piece.new_empty(rows, *piece.shape[1:])
+                    written = _write_tokens(stored, written, piece)
                 done += count
                 report(done)
         finally:
             report(None)
         if done == 0:
             raise ValueError("encode_video: the video gave no frames.")
+        if num_frames is not None and done != num_frames:
+            raise ValueError(f"encode_video: num_frames={num_frames}, but {done} frames came.")
         if streams:
             last = reducer.finish()
             if stored is not None:
-                if done != num_frames:
-                    raise ValueError(f"encode_video: num_frames={num_frames}, but {done} frames came.")
-                written = _write_tokens(stored, written, last)
+                _write_tokens(stored, written, last)
                 features = stored
             else:
                 features = torch.cat(pieces + ([last] if last is not None else []))
         else:
-            if stored is not None and done != num_frames:
-                raise ValueError(f"encode_video: num_frames={num_frames}, but {done} frames came.")
             tokens = stored if stored is not None else torch.cat(pieces)
             del pieces, stored
             frames, n, dim = tokens.shape
@@ -1385,7 +1388,7 @@ class StormLiveSession:
         self.model, self.processor = model, processor
         self.video_token_id = model.config.video_token_id
         c = model.config
-        self.reducer = StreamingTokenReducer(c.grid_size, c.temporal_pool_k, c.spatial_pool_p, c.temporal_sample_s)
+        self.reducer = model.model.token_reducer()
         self.state = None  # per temporal layer, after the frames pushed so far
         marker = "\u0000QUESTION\u0000"
         conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": marker}]}]
@@ -1425,10 +1428,8 @@ class StormLiveSession:
         else:
             pixels = self.processor.video_processor([frames], do_sample_frames=False,
                                                     return_tensors="pt")["pixel_values_videos"][0]
-        stages = self.model.model
-        tokens = stages._encode_frames_in_batches(pixels.to(self.model.device))[1]  # (frames, N, dim)
-        encoded, self.state = stages.encode_time_chunk(tokens, self.state)
-        new = self.reducer.push(encoded)  # (tokens, dim) of the windows these frames complete
+        # (tokens, dim) of the windows these frames complete
+        new, self.state = self.model.model.stream_frames(pixels, self.state, self.reducer)
         if new.shape[0]:
             if self.prefill == "push":
                 self._extend(new)
