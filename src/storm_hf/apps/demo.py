@@ -96,35 +96,53 @@ def _window_reversal_check(model, processor, folder: str, seed: int, num_frames,
     return recorded, flipped
 
 
-def _play_live(parser, args):
+def _check_video_argument(parser, flag: str, video: str):
+    """Refuse, before the model loads, a URL of a scheme we do not read and a local file that is not there."""
     from ..video_io import VideoReadError, _file_url_path, _url_scheme, check_url
+
+    try:
+        check_url(video)
+    except VideoReadError as error:
+        parser.error(f"{flag} {error}")
+    scheme = _url_scheme(video)
+    if scheme in (None, "file") and not os.path.exists(_file_url_path(video) if scheme else video):
+        parser.error(f"{flag} {video}: no such file")
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """No transformers progress bars ("Loading weights", "Writing model shards") in the report while the model is
+    made; the setting is put back after (decoding a long video keeps its bar)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def _play_live(parser, args):
     from .live import parse_asks, play_live
 
     try:
         asks = parse_asks(args.ask, args.question)
-        check_url(args.live)
-    except (ValueError, VideoReadError) as error:
+    except ValueError as error:
         parser.error(str(error))
-    scheme = _url_scheme(args.live)
-    if scheme in (None, "file") and not os.path.exists(_file_url_path(args.live) if scheme else args.live):
-        parser.error(f"--live {args.live}: no such file")
+    _check_video_argument(parser, "--live", args.live)
     args.fps = 4.0 if args.fps is None else args.fps
     if not args.fps > 0:
         parser.error(f"--fps must be positive, got {args.fps}")
     torch.manual_seed(0)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as folder:
-        if args.model:
-            model, processor = load(args.model)
-            name = args.model
-        else:
-            from ..miniature import bundled_forward_only
+        from ..miniature import bundled_forward_only
 
-            model, processor = load(bundled_forward_only(folder))
-            name = "the bundled model's image encoder and LLM with a forward-only temporal layer (bundled_forward_only)"
-        hf_logging.enable_progress_bar()
+        with _no_progress_bars():
+            model, processor = load(args.model or bundled_forward_only(folder))
+        name = args.model or \
+            "the bundled model's image encoder and LLM with a forward-only temporal layer (bundled_forward_only)"
         print(f"model: {name}")
         print(f"playing {args.live} as live video, {args.fps:g} frames a second"
               f"{' at its own pace' if args.realtime else ''}")
@@ -221,25 +239,10 @@ def main(argv=None):
     if args.question and not args.video and not args.task:
         parser.error("--question needs --video (the video to ask about), or --task for a generated clip")
     if args.video:
-        from ..video_io import VideoReadError, _file_url_path, _url_scheme, check_url
-
-        try:
-            check_url(args.video)  # a URL of a scheme we do not read is refused before the model loads
-        except VideoReadError as error:
-            parser.error(f"--video {error}")
-        scheme = _url_scheme(args.video)
-        if scheme in (None, "file") and not os.path.exists(_file_url_path(args.video) if scheme else args.video):
-            parser.error(f"--video {args.video}: no such file")
+        _check_video_argument(parser, "--video", args.video)
     torch.manual_seed(0)
-    from transformers.utils import logging as hf_logging
-
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Loading weights" bars in the report (decoding a long video keeps its bar)
-    try:
+    with _no_progress_bars():
         model, processor = load(args.model)
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
     if args.sampling_stride is not None:
         set_sampling_stride(model, processor, args.sampling_stride)
     name = args.model or "the bundled model (storm_hf.miniature.BUNDLED_MODEL)"
