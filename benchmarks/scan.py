@@ -19,6 +19,13 @@ process, so the ratios compare like with like on a noisy machine):
 * extra peak memory of one forward call (resident set, measured in a fresh subprocess).
 * relative error against the float64 per-step reference, forward and every gradient.
 
+`--widths 128 512 2048 --lengths 256 1024 ...` (issue 27) measures instead, for each width and length, the time per
+token of the scan's forward on its two CPU paths (the compiled kernel, `storm_hf.selective_scan.CPU_SCAN_KERNEL`
+"auto", and the pure-PyTorch path, False) and of mamba_ssm's `selective_scan_ref` where importable (skipped above
+`--ref-max-updates` state updates: it holds all of them), then one bidirectional temporal layer (d_model = d_inner /
+2: norm, two mixers with their projections and convolutions, the merge) forward and forward + backward on both
+paths. Where the PyTorch path would take long it is skipped (`--pytorch-max-updates`).
+
 `--under-load N ...` measures instead, beside N busy-loop processes for each N (a quiet machine, one busy
 neighbour, a machine loaded N deep): the scan as it runs by default (`CPU_SCAN_THREADS="auto"`: the cores
 no other task is running on), with one intra-op thread and with all of the process's threads, the plain
@@ -238,6 +245,69 @@ def under_load(length, loads, repeats):
             print(f"    {name:36s} {value * 1e3:9.1f} ms{versus}", flush=True)
 
 
+def width_figures(widths, lengths, repeats, ref_max_updates, pytorch_max_updates, d_state=16):
+    """Per-token times of the scan and of a bidirectional temporal layer, compiled kernel against PyTorch path."""
+    import storm_hf.selective_scan as scan_module
+    from storm_hf import StormConfig
+    from storm_hf.modeling_storm import StormTemporalBlock
+
+    reference = mamba_ssm_reference()
+    kernel_available = scan_module.cpu_scan_kernel_available()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, d_state {d_state}; "
+          f"median of {repeats} after a warm-up; compiled kernel available: {kernel_available}")
+    print("us per token | scan fwd: kernel / pytorch / ref | layer fwd: kernel / pytorch | layer fwd+bwd: kernel / "
+          "pytorch")
+
+    def with_path(path, run):
+        def wrapped():
+            before, scan_module.CPU_SCAN_KERNEL = scan_module.CPU_SCAN_KERNEL, path
+            try:
+                return run()
+            finally:
+                scan_module.CPU_SCAN_KERNEL = before
+        return wrapped
+
+    for d_inner in widths:
+        config = StormConfig(text_config=dict(model_type="qwen2", hidden_size=d_inner // 2, num_attention_heads=1,
+                                              num_key_value_heads=1, intermediate_size=8, num_hidden_layers=1,
+                                              vocab_size=16), temporal_d_state=d_state)
+        layer = StormTemporalBlock(config).eval()
+        for length in lengths:
+            updates = length * d_inner * d_state
+            x = make_inputs(length, d_inner, d_state)
+            hidden = torch.randn(1, length, d_inner // 2)
+            row = {}
+            arms = [("kernel", "auto"), ("pytorch", False)] if kernel_available else [("pytorch", False)]
+            for name, path in arms:
+                if name == "pytorch" and updates > pytorch_max_updates:
+                    continue
+                with torch.no_grad():
+                    row[f"scan {name}"] = median_seconds(with_path(path, lambda: call(selective_scan_torch, x)),
+                                                         repeats)
+                    row[f"layer {name}"] = median_seconds(with_path(path, lambda: layer(hidden)), repeats)
+                leaf = hidden.clone().requires_grad_()
+
+                def train_step():
+                    layer.zero_grad(set_to_none=True)
+                    layer(leaf).sum().backward()
+
+                row[f"train {name}"] = median_seconds(with_path(path, train_step), repeats)
+            if reference is not None and updates <= ref_max_updates:
+                with torch.no_grad():
+                    row["scan ref"] = median_seconds(lambda: call(reference, x), repeats)
+            per_token = {k: v / length * 1e6 for k, v in row.items()}
+            cell = lambda key: f"{per_token[key]:8.3f}" if key in per_token else "       -"  # noqa: E731
+
+            def ratio(slow, fast):
+                return f"{row[slow] / row[fast]:5.2f}x" if slow in row and fast in row else "    -"
+
+            print(f"d_inner {d_inner:5d} length {length:6d} | {cell('scan kernel')} {cell('scan pytorch')} "
+                  f"{cell('scan ref')} | {cell('layer kernel')} {cell('layer pytorch')} | {cell('train kernel')} "
+                  f"{cell('train pytorch')} | kernel faster: scan {ratio('scan pytorch', 'scan kernel')} "
+                  f"(ref {ratio('scan ref', 'scan kernel')}), layer {ratio('layer pytorch', 'layer kernel')}, "
+                  f"layer train {ratio('train pytorch', 'train kernel')}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
@@ -249,12 +319,21 @@ def main():
                         help="skip the plain loops above this length (they take seconds each)")
     parser.add_argument("--under-load", type=int, nargs="+", metavar="N",
                         help="only the comparison beside N busy-loop processes, for each N given")
+    parser.add_argument("--widths", type=int, nargs="+", metavar="D_INNER",
+                        help="only the per-token comparison of the kernel and PyTorch paths at these d_inner")
+    parser.add_argument("--ref-max-updates", type=int, default=2**28,
+                        help="--widths: skip selective_scan_ref above this many state updates (length x d_inner x d_state)")
+    parser.add_argument("--pytorch-max-updates", type=int, default=2**31,
+                        help="--widths: skip the PyTorch path above this many state updates")
     parser.add_argument("--memory-probe", choices=["storm_hf", "loop_ref", "loop_channel", "loop", "mamba_ssm_ref"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
         return memory_probe(args.memory_probe, args.lengths[0], args.d_inner, args.d_state)
     if args.under_load:
         return under_load(args.lengths[0], args.under_load, args.repeats)
+    if args.widths:
+        return width_figures(args.widths, args.lengths, args.repeats, args.ref_max_updates, args.pytorch_max_updates,
+                             args.d_state)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, "
           f"d_inner {args.d_inner}, d_state {args.d_state}; median of {args.repeats} after a warm-up")

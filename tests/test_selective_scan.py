@@ -1,4 +1,5 @@
-"""The pure-PyTorch scan against the float64 per-step reference, forward and every gradient."""
+"""The CPU scan against the float64 per-step reference, forward and every gradient: both of its paths, the compiled
+kernel (the default where a C compiler exists) and the pure-PyTorch one (`scan_path`)."""
 
 import math
 
@@ -31,6 +32,17 @@ def rel_err(actual, reference):
     return ((actual.double() - reference).abs().max() / reference.abs().max()).item()
 
 
+@pytest.fixture(params=["kernel", "pytorch"])
+def scan_path(request, monkeypatch):
+    """Run the scan on the compiled CPU kernel, then on the pure-PyTorch path."""
+    if request.param == "kernel":
+        if not scan_module.cpu_scan_kernel_available():
+            pytest.fail("the compiled CPU scan did not build here (a C compiler is part of the test setup)")
+    else:
+        monkeypatch.setattr(scan_module, "CPU_SCAN_KERNEL", False)
+    return request.param
+
+
 @pytest.fixture(params=[2**20, 2**11, 1], ids=["one-block", "many-blocks", "one-step-blocks"])
 def block_elements(request, monkeypatch):
     """Run the scan with its default block size, with small ragged blocks, and with one step per block."""
@@ -43,7 +55,8 @@ def block_elements(request, monkeypatch):
     [(1, 1, 8, 4), (2, 37, 16, 4), (3, 300, 64, 16), (1, 1100, 32, 8)],
 )
 @pytest.mark.parametrize("large_delta", [False, True])
-def test_forward_and_gradients_match_float64_reference(batch, length, d_inner, d_state, large_delta, block_elements):
+def test_forward_and_gradients_match_float64_reference(batch, length, d_inner, d_state, large_delta, block_elements,
+                                                       scan_path):
     if block_elements == 1 and length > 300:
         pytest.skip("one-step blocks are checked on the shorter sequences")
     if block_elements == 2**11 and length > 1:
@@ -67,7 +80,7 @@ def test_forward_and_gradients_match_float64_reference(batch, length, d_inner, d
 
 
 @pytest.mark.parametrize("softplus", [False, True])
-def test_optional_arguments_off(block_elements, softplus):
+def test_optional_arguments_off(block_elements, softplus, scan_path):
     fast = make_inputs(2, 50, 16, 4, torch.float32)
     ref = make_inputs(2, 50, 16, 4, torch.float64)
     keep = ("u", "delta", "A", "B", "C")
@@ -80,7 +93,7 @@ def test_optional_arguments_off(block_elements, softplus):
         assert rel_err(fast[name].grad, ref[name].grad) < 1e-4, name
 
 
-def test_chunked_calls_with_carried_state_equal_one_call(block_elements):
+def test_chunked_calls_with_carried_state_equal_one_call(block_elements, scan_path):
     x = make_inputs(2, 90, 16, 4, torch.float32)
     whole = selective_scan_torch(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
     state, outputs = None, []
@@ -94,7 +107,7 @@ def test_chunked_calls_with_carried_state_equal_one_call(block_elements):
     torch.testing.assert_close(torch.cat(outputs, dim=1), whole, rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_inputs_compute_in_float32():
+def test_bfloat16_inputs_compute_in_float32(scan_path):
     x = make_inputs(1, 64, 16, 4, torch.float32)
     y32 = selective_scan_torch(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
     bf = {k: v.detach().bfloat16() for k, v in x.items()}
@@ -103,7 +116,7 @@ def test_bfloat16_inputs_compute_in_float32():
     assert rel_err(y16.float(), y32.double()) < 5e-2
 
 
-def test_autocast_does_not_lower_the_scan_precision():
+def test_autocast_does_not_lower_the_scan_precision(scan_path):
     x = make_inputs(1, 80, 16, 4, torch.float32)
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
     reference = selective_scan_torch(*args)
@@ -163,6 +176,7 @@ def test_scan_runs_with_cpu_scan_threads_and_restores_the_process_setting(monkey
         return real(*args)
 
     monkeypatch.setattr(scan_module, "_run_recurrence", recording)
+    monkeypatch.setattr(scan_module, "CPU_SCAN_KERNEL", False)  # the kernel's threads: test_kernel_threads
     monkeypatch.setattr(scan_module, "CPU_SCAN_THREADS", 1)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -212,7 +226,7 @@ def test_auto_scan_threads_use_the_cores_no_other_task_runs_on(monkeypatch):
     assert free is None or free <= len(os.sched_getaffinity(0))
 
 
-def test_scan_backward_under_activation_checkpointing():
+def test_scan_backward_under_activation_checkpointing(scan_path):
     from torch.utils.checkpoint import checkpoint
 
     g = torch.Generator().manual_seed(3)
@@ -240,7 +254,7 @@ def op_args(optional=True, save_states=True, seed=0):
 
 @pytest.mark.parametrize("optional", [True, False], ids=["D-z-bias", "no-D-z-bias"])
 @pytest.mark.parametrize("save_states", [True, False])
-def test_scan_ops_pass_torch_library_opcheck(optional, save_states, block_elements):
+def test_scan_ops_pass_torch_library_opcheck(optional, save_states, block_elements, scan_path):
     """torch.library.opcheck: the schema (Optional D / z / delta_bias, no aliasing of inputs), the fake
     implementation against the real one, the autograd registration and AOT dispatch with dynamic shapes. A
     forward that did not save the block states (traced without gradients, run with them) still differentiates."""
@@ -256,7 +270,7 @@ def test_scan_ops_pass_torch_library_opcheck(optional, save_states, block_elemen
     torch.library.opcheck(bwd, (*grads, *plain, saved, True, steps))
 
 
-def test_compiled_scan_is_one_op_and_equals_eager_forward_and_backward():
+def test_compiled_scan_is_one_op_and_equals_eager_forward_and_backward(scan_path):
     """fullgraph: the scan (with an initial state and its last state) is one op in dynamo's graph, not 300 unrolled
     steps; the forward and, through AOT autograd, every gradient (the hand-written backward as one op) equal eager."""
     from functorch.compile import make_boxed_func
@@ -319,12 +333,13 @@ def test_compiled_scan_keeps_fp32_under_autocast():
     torch.testing.assert_close(y, reference, rtol=0, atol=0)
 
 
-def test_scan_keeps_block_states_only_for_a_backward(monkeypatch):
+def test_scan_keeps_block_states_only_for_a_backward(monkeypatch, scan_path):
     """Without gradients the forward stores nothing (no block states); with them autograd keeps the inputs and
     the state entering each block, nothing of length x d_inner x d_state."""
     seen = []
-    real = scan_module._scan_forward
+    real, real_kernel = scan_module._scan_forward, scan_module._kernel_scan_forward
     monkeypatch.setattr(scan_module, "_scan_forward", lambda *args: seen.append(args[-1]) or real(*args))
+    monkeypatch.setattr(scan_module, "_kernel_scan_forward", lambda *args: seen.append(args[-1]) or real_kernel(*args))
     monkeypatch.setattr(scan_module, "_BLOCK_ELEMENTS", 2**11)  # several blocks
     x = make_inputs(2, 300, 16, 4, torch.float32)
     with torch.no_grad():
@@ -337,3 +352,141 @@ def test_scan_keeps_block_states_only_for_a_backward(monkeypatch):
     blocks = -(-300 // steps)
     assert seen[1].shape == (blocks, 2, 4, 16) and (blocks, 2, 4, 16) in shapes
     assert max(math.prod(s) for s in shapes) <= max(300 * 2 * 16, blocks * 2 * 4 * 16) < 300 * 2 * 16 * 4
+
+
+# -- the compiled CPU scan: what only it does ------------------------------------------------------------------------
+
+
+def test_kernel_reads_strided_views_and_splits_work_over_threads(monkeypatch):
+    """The model hands the scan transposed views ((batch, length) strides of its projections' outputs): the kernel
+    reads them in place, and gives the same outputs and gradients split over threads (several batch rows, several
+    channel groups, a partial chunk of channels) as in one range, and as the PyTorch path."""
+    assert scan_module.cpu_scan_kernel_available()
+    g = torch.Generator().manual_seed(5)
+    batch, length, d_inner, d_state = 3, 70, 40, 6  # 40 channels: chunks of 16, 16 and 8
+    xz = torch.randn(batch, length, 2 * d_inner, generator=g)  # as in_proj's output: x and z are strided halves
+    x_dbl = torch.randn(batch, length, 3 + 2 * d_state, generator=g)  # as x_proj's output: B and C are slices
+    u, z = xz[..., :d_inner], xz[..., d_inner:]
+    B, C = x_dbl[..., 3:3 + d_state], x_dbl[..., 3 + d_state:]
+    delta = torch.randn(batch, d_inner, length, generator=g).transpose(1, 2)  # strided inside rows: copied
+    A = -torch.exp(torch.randn(d_inner, d_state, generator=g))
+    D, bias, h0 = torch.randn(d_inner, generator=g), torch.randn(d_inner, generator=g), torch.randn(
+        batch, d_inner, d_state, generator=g)
+    monkeypatch.setattr(scan_module, "_BLOCK_ELEMENTS", 2**10)  # several blocks
+
+    def run(threads, kernel=True):
+        monkeypatch.setattr(scan_module, "CPU_SCAN_THREADS", threads)
+        monkeypatch.setattr(scan_module, "CPU_SCAN_KERNEL", "auto" if kernel else False)
+        leaves = [t.detach().clone().requires_grad_() for t in (u, delta, A, B, C, D, z, bias, h0)]
+        y, last = selective_scan_torch(*leaves[:8], delta_softplus=True, initial_state=leaves[8],
+                                       return_last_state=True)
+        (y.sin().sum() + last.square().sum()).backward()
+        return [y, last] + [leaf.grad for leaf in leaves]
+
+    one, three, pytorch = run(1), run(3), run(1, kernel=False)
+    for a, b, c in zip(one, three, pytorch):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_extreme_time_steps_and_wide_states(monkeypatch):
+    """Decays that underflow (dt * A far below -87) and time steps past softplus' threshold match the float64
+    reference; NaN inputs give NaN, not a silent number; d_state above the kernel's bound runs the PyTorch path."""
+    x = make_inputs(2, 30, 16, 4, torch.float32)
+    with torch.no_grad():
+        x["delta"].mul_(10).add_(15)  # softplus inputs ~ -15..45: both sides of the threshold 20
+        x["A"].mul_(30)  # dt * A down to ~ -1e3
+    ref = {k: v.detach().double() for k, v in x.items()}
+    y = selective_scan_torch(**x, delta_softplus=True)
+    y_ref = selective_scan_sequential(**ref, delta_softplus=True)
+    assert rel_err(y, y_ref) < 1e-4
+    poisoned = {k: v.detach().clone() for k, v in x.items()}
+    poisoned["u"][0, 7, 3] = float("nan")
+    y = selective_scan_torch(**poisoned, delta_softplus=True)
+    assert y[0, 7:, 3].isnan().all() and not y[1].isnan().any()
+
+    calls = []
+    real = scan_module._scan_forward
+    monkeypatch.setattr(scan_module, "_scan_forward", lambda *args: calls.append(1) or real(*args))
+    wide = make_inputs(1, 12, 8, scan_module._KERNEL_MAX_STATE + 1, torch.float32)
+    selective_scan_torch(**wide, delta_softplus=True)
+    assert calls  # the PyTorch path took it
+
+
+def _fresh_kernel_process(code: str, **env):
+    """Run ``code`` in a new interpreter (a fresh kernel state) with ``env`` added; returns the finished process."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+_PROBE = """
+import torch, storm_hf.selective_scan as s
+x = [torch.randn(1, 20, 8), torch.randn(1, 20, 8), -torch.rand(8, 4), torch.randn(1, 20, 4), torch.randn(1, 20, 4)]
+y = s.selective_scan_torch(*x, delta_softplus=True)
+print("kernel" if s.cpu_scan_kernel_available() else "pytorch", bool(torch.isfinite(y).all()))
+"""
+
+
+def test_kernel_builds_once_into_its_cache_and_falls_back_without_a_compiler(tmp_path):
+    """First use builds the library into the cache folder (STORM_HF_CACHE here) and later processes load it without
+    compiling; without a working compiler, or with STORM_HF_CPU_SCAN_KERNEL=0, the scan runs on the PyTorch path (a
+    compiler failure says so once, in a warning) and gives its results."""
+    import os
+
+    cache = str(tmp_path / "cache")
+    first = _fresh_kernel_process(_PROBE, STORM_HF_CACHE=cache)
+    assert first.returncode == 0 and first.stdout.split() == ["kernel", "True"], first.stderr
+    built = os.listdir(os.path.join(cache, "kernels"))
+    assert len(built) == 1 and built[0].endswith(".so")  # no build folder left behind
+    again = _fresh_kernel_process(_PROBE, STORM_HF_CACHE=cache, CC="/nonexistent/cc-that-is-not-called")
+    assert again.returncode == 0 and again.stdout.split() == ["kernel", "True"], again.stderr
+
+    broken = _fresh_kernel_process(_PROBE, STORM_HF_CACHE=str(tmp_path / "empty"), CC="false")
+    assert broken.returncode == 0 and broken.stdout.split() == ["pytorch", "True"], broken.stderr
+    assert broken.stderr.count("compiled CPU selective scan is not available") == 1
+    assert "false failed" in broken.stderr
+    off = _fresh_kernel_process(_PROBE, STORM_HF_CACHE=str(tmp_path / "off"), STORM_HF_CPU_SCAN_KERNEL="0")
+    assert off.returncode == 0 and off.stdout.split() == ["pytorch", "True"] and "not available" not in off.stderr
+    assert not os.path.exists(tmp_path / "off")
+
+
+def test_kernel_that_disagrees_with_the_pytorch_path_is_not_used(monkeypatch):
+    """The self-check on load: a library whose results differ is refused with a warning, and the scan still
+    answers through the PyTorch path."""
+    monkeypatch.setattr(scan_module, "_cpu_kernel_state", {})
+    real = scan_module._kernel_scan_forward
+
+    def off_by_a_little(*args, **kwargs):
+        out, h_last = real(*args, **kwargs)
+        return out * 1.01, h_last
+
+    monkeypatch.setattr(scan_module, "_kernel_scan_forward", off_by_a_little)
+    assert not scan_module.cpu_scan_kernel_available()
+    x = make_inputs(1, 20, 8, 4, torch.float32)
+    ref = make_inputs(1, 20, 8, 4, torch.float64)
+    y = selective_scan_torch(**x, delta_softplus=True)
+    assert rel_err(y, selective_scan_sequential(**ref, delta_softplus=True)) < 1e-4
+
+
+def test_kernel_threads_work_in_a_forked_child():
+    """A forked process (a data loader's worker) inherits the kernel's thread pool without its threads: its scans
+    on several threads still finish."""
+    code = """
+import os, torch, storm_hf.selective_scan as s
+torch.set_num_threads(2)
+s.CPU_SCAN_THREADS = 2
+g = torch.Generator().manual_seed(0)
+x = [torch.randn(2, 50, 64, generator=g), torch.randn(2, 50, 64, generator=g), -torch.rand(64, 4, generator=g),
+     torch.randn(2, 50, 4, generator=g), torch.randn(2, 50, 4, generator=g)]
+before = s.selective_scan_torch(*x, delta_softplus=True)
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if torch.equal(s.selective_scan_torch(*x, delta_softplus=True), before) else 1)
+print(s.cpu_scan_kernel_available(), os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+    done = _fresh_kernel_process(code)
+    assert done.returncode == 0 and done.stdout.split() == ["True", "0"], done.stderr

@@ -1,5 +1,6 @@
 # Copyright 2026 The storm_hf authors. Licensed under the Apache License, Version 2.0.
-"""The Mamba-1 selective scan: a fast pure-PyTorch path, a sequential reference, and the CUDA kernel seam.
+"""The Mamba-1 selective scan: a compiled CPU kernel, a fast pure-PyTorch path, a sequential reference, and the CUDA
+kernel seam.
 
 The recurrence, per batch row, channel ``d`` and state ``n``::
 
@@ -12,6 +13,10 @@ All functions here take the *sequence-major* layout used by the rest of storm_hf
 ``u, delta, z: (batch, length, d_inner)``, ``B, C: (batch, length, d_state)``, ``A: (d_inner, d_state)``,
 ``D, delta_bias: (d_inner,)``, states ``(batch, d_inner, d_state)`` (mamba_ssm's ``ssm_state`` layout).
 mamba_ssm's kernels take ``(batch, d_inner, length)``; `selective_scan` transposes at the seam.
+
+On a CPU the scan runs, by default, a small C kernel (`_CPU_SCAN_SOURCE`) that fuses the whole scan over time per
+(batch row, 16 channels), built on first use with the system's C compiler and cached (see "The compiled CPU scan"
+below); without a compiler it runs the pure-PyTorch path, with the same results to fp32 rounding.
 
 Why the pure-PyTorch path looks the way it does (measured on a 2-core CPU, d_inner 2048, d_state 16,
 length 4096; see benchmarks/RESULTS.md):
@@ -39,9 +44,11 @@ length 4096; see benchmarks/RESULTS.md):
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -288,12 +295,566 @@ def _scan_backward(grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias,
 
 
 # ----------------------------------------------------------------------------------------------------
+# The compiled CPU scan. In eager PyTorch the recurrence is one small op per time step plus a few passes over
+# (steps, batch, d_state, d_inner) buffers; at the widths a CPU runs (d_inner 128-512) those per-step calls are
+# most of the time (benchmarks/RESULTS.md, issue 27). The C function below runs the recurrence, the exp of the
+# decays and the C contraction in one loop over time per (batch row, 16 channels), in registers, the way
+# mamba_ssm's CUDA kernel runs it per thread block. It is compiled on first use with the system's C compiler
+# (``cc``, or $CC; well under a second, no torch headers, no Python headers), cached, loaded with ctypes and
+# checked against the PyTorch path once per process before it is used. Without a compiler, on a platform it
+# does not build on, or with STORM_HF_CPU_SCAN_KERNEL=0 the PyTorch path runs instead (same results within fp32
+# rounding). The forward and backward keep the PyTorch path's contract exactly (the state entering each block
+# of `_steps_per_block` steps), so either backward can follow either forward.
+# ----------------------------------------------------------------------------------------------------
+
+# "auto": use the compiled CPU scan when it builds and passes its check; False: never. The environment variable
+# STORM_HF_CPU_SCAN_KERNEL=0 sets False at import.
+CPU_SCAN_KERNEL: bool | str = "auto" if os.environ.get("STORM_HF_CPU_SCAN_KERNEL", "1") != "0" else False
+_KERNEL_MAX_STATE = 64  # d_state bound of the kernel's on-stack state (MAX_STATE below)
+_KERNEL_CHUNK = 16  # channels per work item (CHUNK below)
+_KERNEL_FLAGS = ("-O3", "-fno-trapping-math", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-shared")
+
+_CPU_SCAN_SOURCE = r"""
+/* storm_hf's CPU selective scan: the Mamba-1 scan fused over time, one pass per (batch row, 16 channels), as
+   mamba_ssm's CUDA kernel fuses it per thread block: time step (bias + softplus), decays, recurrence, the C
+   contraction, the D skip and the silu(z) gate in registers, nothing of length x d_inner x d_state in memory.
+   Layouts (time-major, as storm_hf's scan ops): u, delta, z, grad_out (length, batch, d_inner) and B, C
+   (length, batch, d_state) with any strides over (length, batch) and unit stride inside a row; A_t
+   (d_state, d_inner); D, delta_bias (d_inner); states (batch, d_state, d_inner); block_starts (num_blocks, batch,
+   d_state, d_inner), the state entering each block of `steps` steps; outputs contiguous. D and delta_bias
+   are always given (zeros where the scan has none). Each entry point takes a
+   range of work items so that the caller runs ranges on its own threads; an item writes only its own outputs. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK 16      /* channels per item: two 8-wide vectors */
+#define MAX_STATE 64  /* d_state bound of the on-stack state (the caller checks) */
+
+typedef struct {
+    int64_t length, batch, d_inner, d_state, steps, softplus, chunks_per_group;
+    const float *u, *delta, *z, *B, *C, *grad_out;
+    int64_t u_st, u_sb, delta_st, delta_sb, z_st, z_sb, B_st, B_sb, C_st, C_sb, g_st, g_sb;
+    const float *A_t, *D, *delta_bias, *h0;
+    float *out, *h_last, *block_starts;
+    float *grad_h, *grad_u, *grad_delta, *grad_z, *grad_A_rows, *grad_D_rows, *grad_bias_rows;
+    float *grad_B_parts, *grad_C_parts;
+} scan_args;
+
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+/* One copy per instruction set, chosen when the library loads: the cached library runs on any x86-64. */
+#define SCAN_TARGETS __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SCAN_TARGETS
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
+/* exp(x) in fp32 to ~1 ulp, branch-free so that it vectorises: x = k ln2 + r (round to nearest by the
+   1.5 * 2^23 trick), Cephes' degree-5 polynomial for exp(r), 2^k built in the exponent bits. x is clamped to
+   [-87.3, 88.7] first (exp(-87.3) ~ 1e-38 stands for the subnormal results, exp(88.7) ~ 3e38 for overflow); NaN
+   stays NaN. */
+INLINE float scan_exp(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+    const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const float r = (x - k * 0.693359375f) - k * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = ((int32_t)k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* log(x) for finite x >= 1 (Cephes' logf: x = m 2^e with m in [sqrt(1/2), sqrt(2)), a degree-8 polynomial). */
+INLINE float scan_log(float x) {
+    int32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    const int32_t mantissa_bits = (bits & 0x007fffff) | 0x3f800000;
+    float m;
+    memcpy(&m, &mantissa_bits, sizeof m);
+    float e = (float)(((bits >> 23) & 0xff) - 127);
+    const int fold = m > 1.41421356f;
+    m = fold ? m * 0.5f : m;
+    e = fold ? e + 1.0f : e;
+    const float f = m - 1.0f, f2 = f * f;
+    float p = 7.0376836292e-2f;
+    p = p * f - 1.1514610310e-1f;
+    p = p * f + 1.1676998740e-1f;
+    p = p * f - 1.2420140846e-1f;
+    p = p * f + 1.4249322787e-1f;
+    p = p * f - 1.6668057665e-1f;
+    p = p * f + 2.0000714765e-1f;
+    p = p * f - 2.4999993993e-1f;
+    p = p * f + 3.3333331174e-1f;
+    float y = p * f * f2 + e * -2.12194440e-4f - 0.5f * f2;
+    return f + y + e * 0.693359375f;
+}
+
+/* softplus(pre) as torch's (beta 1, threshold 20), and its derivative sigmoid(pre). log1p(e) as
+   log(1 + e) * e / ((1 + e) - 1), exact to rounding even where 1 + e rounds to 1. */
+INLINE float scan_softplus(float pre, float *sigmoid) {
+    const float e = scan_exp(pre < 20.0f ? pre : 20.0f);
+    const float one_plus = 1.0f + e;
+    const float denominator = one_plus - 1.0f;
+    const float log1p = denominator == 0.0f ? e : scan_log(one_plus) * (e / (denominator == 0.0f ? 1.0f : denominator));
+    *sigmoid = pre > 20.0f ? 1.0f : e / one_plus;
+    return pre > 20.0f ? pre : log1p;
+}
+
+INLINE float scan_sigmoid(float z) { return 1.0f / (1.0f + scan_exp(-z)); }
+
+/* The time step of one row: dt = softplus(delta + bias) (or delta + bias), its derivative, and dt * u. */
+INLINE void time_step(const scan_args *a, const float *restrict delta, const float *restrict u, int64_t d0,
+                      int64_t w, float *restrict dt, float *restrict slope, float *restrict x) {
+    const float *restrict bias = a->delta_bias + d0;
+    if (a->softplus) {
+        for (int64_t j = 0; j < w; j++) {
+            float sigmoid;
+            dt[j] = scan_softplus(delta[j] + bias[j], &sigmoid);
+            slope[j] = sigmoid;
+            x[j] = dt[j] * u[j];
+        }
+    } else {
+        for (int64_t j = 0; j < w; j++) {
+            dt[j] = delta[j] + bias[j];
+            slope[j] = 1.0f;
+            x[j] = dt[j] * u[j];
+        }
+    }
+}
+
+/* One step of the recurrence: h = exp(dt A) * prev + x B (prev and h d_state x CHUNK, may be the same array), and
+   acc = C.h. */
+INLINE void step(const scan_args *a, int64_t d0, int64_t w, const float *restrict dt, const float *restrict x,
+                 const float *restrict B, const float *restrict C, const float *prev, float *h,
+                 float *restrict acc) {
+    for (int64_t j = 0; j < w; j++) acc[j] = 0.0f;
+    for (int64_t n = 0; n < a->d_state; n++) {
+        const float *restrict A = a->A_t + n * a->d_inner + d0;
+        const float bn = B[n], cn = C[n];
+        float row[CHUNK];  /* through a local row: no aliasing between prev and h for the vectoriser to fear */
+        for (int64_t j = 0; j < w; j++) row[j] = scan_exp(dt[j] * A[j]) * prev[n * CHUNK + j] + x[j] * bn;
+        for (int64_t j = 0; j < w; j++) {
+            h[n * CHUNK + j] = row[j];
+            acc[j] += cn * row[j];
+        }
+    }
+}
+
+INLINE void forward_chunk(const scan_args *a, int64_t b, int64_t d0, int64_t w) {
+    const int64_t D = a->d_inner, N = a->d_state;
+    float h[MAX_STATE * CHUNK];
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t j = 0; j < w; j++) h[n * CHUNK + j] = a->h0[(b * N + n) * D + d0 + j];
+    for (int64_t t = 0; t < a->length; t++) {
+        if (a->block_starts && t % a->steps == 0) {
+            float *start = a->block_starts + ((t / a->steps) * a->batch + b) * N * D + d0;
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t j = 0; j < w; j++) start[n * D + j] = h[n * CHUNK + j];
+        }
+        const float *u = a->u + t * a->u_st + b * a->u_sb + d0;
+        float dt[CHUNK], slope[CHUNK], x[CHUNK], acc[CHUNK];
+        time_step(a, a->delta + t * a->delta_st + b * a->delta_sb + d0, u, d0, w, dt, slope, x);
+        step(a, d0, w, dt, x, a->B + t * a->B_st + b * a->B_sb, a->C + t * a->C_st + b * a->C_sb, h, h, acc);
+        float *out = a->out + (t * a->batch + b) * D + d0;
+        const float *z = a->z ? a->z + t * a->z_st + b * a->z_sb + d0 : NULL;
+        const float *restrict Dv = a->D + d0;
+        if (z)
+            for (int64_t j = 0; j < w; j++) out[j] = (acc[j] + Dv[j] * u[j]) * z[j] * scan_sigmoid(z[j]);
+        else
+            for (int64_t j = 0; j < w; j++) out[j] = acc[j] + Dv[j] * u[j];
+    }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t j = 0; j < w; j++) a->h_last[(b * N + n) * D + d0 + j] = h[n * CHUNK + j];
+}
+
+/* Items first .. last - 1, item = b * chunks + chunk: out, h_last and (when not NULL) block_starts. Returns 0, or
+   1 for arguments it does not take. */
+SCAN_TARGETS int storm_scan_forward(const scan_args *a, int64_t first, int64_t last) {
+    if (a->d_state < 1 || a->d_state > MAX_STATE || a->steps < 1) return 1;
+    const int64_t chunks = (a->d_inner + CHUNK - 1) / CHUNK;
+    for (int64_t item = first; item < last; item++) {
+        const int64_t b = item / chunks, d0 = (item % chunks) * CHUNK;
+        if (a->d_inner - d0 >= CHUNK)  /* a constant width: the channel loops vectorise without a remainder */
+            forward_chunk(a, b, d0, CHUNK);
+        else
+            forward_chunk(a, b, d0, a->d_inner - d0);
+    }
+    return 0;
+}
+
+/* Scratch of one item's backward over one block of at most `steps` steps. */
+typedef struct { float *states, *dt, *slope, *dy; } block_scratch;
+
+/* Backward of channels d0 .. d0 + w of batch row b. grad_h holds dL/dh_last on entry and gets dL/dh0. Per block,
+   last first: its states are recomputed from its boundary state (with the gate's gradient, which needs C.h), then
+   the adjoint G_t = C_t dy_t + decay_{t+1} G_{t+1} runs backwards in time with every gradient of the step. */
+INLINE void backward_chunk(const scan_args *a, int64_t b, int64_t d0, int64_t w, float *grad_B, float *grad_C,
+                           block_scratch s) {
+    const int64_t D = a->d_inner, N = a->d_state, L = a->length, batch = a->batch, steps = a->steps;
+    float G[MAX_STATE * CHUNK], gA[MAX_STATE * CHUNK], start[MAX_STATE * CHUNK], gD[CHUNK], gbias[CHUNK];
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t j = 0; j < w; j++) { G[n * CHUNK + j] = a->grad_h[(b * N + n) * D + d0 + j]; gA[n * CHUNK + j] = 0.0f; }
+    for (int64_t j = 0; j < w; j++) { gD[j] = 0.0f; gbias[j] = 0.0f; }
+    for (int64_t block = (L - 1) / steps; block >= 0; block--) {
+        const int64_t t0 = block * steps, t1 = t0 + steps < L ? t0 + steps : L;
+        const float *saved = a->block_starts + (block * batch + b) * N * D + d0;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t j = 0; j < w; j++) start[n * CHUNK + j] = saved[n * D + j];
+        /* 1. The block's states from its boundary state; the gate's gradient; dy = dL/d(C.h + D u). */
+        for (int64_t t = t0; t < t1; t++) {
+            const int64_t i = t - t0;
+            const float *u = a->u + t * a->u_st + b * a->u_sb + d0;
+            float *dt = s.dt + i * CHUNK, x[CHUNK], acc[CHUNK];
+            time_step(a, a->delta + t * a->delta_st + b * a->delta_sb + d0, u, d0, w, dt, s.slope + i * CHUNK, x);
+            const float *prev = i ? s.states + (i - 1) * N * CHUNK : start;
+            step(a, d0, w, dt, x, a->B + t * a->B_st + b * a->B_sb, a->C + t * a->C_st + b * a->C_sb, prev,
+                 s.states + i * N * CHUNK, acc);
+            const float *g = a->grad_out + t * a->g_st + b * a->g_sb + d0;
+            float *dy = s.dy + i * CHUNK;
+            if (a->z) {
+                const float *z = a->z + t * a->z_st + b * a->z_sb + d0;
+                float *grad_z = a->grad_z + (t * batch + b) * D + d0;
+                for (int64_t j = 0; j < w; j++) {
+                    const float y = acc[j] + a->D[d0 + j] * u[j];
+                    const float sig = scan_sigmoid(z[j]);
+                    dy[j] = g[j] * z[j] * sig;
+                    grad_z[j] = g[j] * y * sig * (1.0f + z[j] * (1.0f - sig));
+                }
+            } else {
+                for (int64_t j = 0; j < w; j++) dy[j] = g[j];
+            }
+        }
+        /* 2. The adjoint, backwards in time. */
+        for (int64_t t = t1 - 1; t >= t0; t--) {
+            const int64_t i = t - t0;
+            const float *u = a->u + t * a->u_st + b * a->u_sb + d0;
+            const float *B = a->B + t * a->B_st + b * a->B_sb, *C = a->C + t * a->C_st + b * a->C_sb;
+            const float *dt = s.dt + i * CHUNK, *dy = s.dy + i * CHUNK, *slope = s.slope + i * CHUNK;
+            const float *h = s.states + i * N * CHUNK, *prev = i ? h - N * CHUNK : start;
+            float *gB = grad_B + (t * batch + b) * N, *gC = grad_C + (t * batch + b) * N;
+            float x[CHUNK], gx[CHUNK], gdt[CHUNK];
+            for (int64_t j = 0; j < w; j++) { x[j] = dt[j] * u[j]; gx[j] = 0.0f; gdt[j] = 0.0f; }
+            for (int64_t n = 0; n < N; n++) {
+                const float *A = a->A_t + n * D + d0;
+                float *Gn = G + n * CHUNK, *gAn = gA + n * CHUNK;
+                const float *hn = h + n * CHUNK, *pn = prev + n * CHUNK;
+                float sum_c = 0.0f, sum_b = 0.0f;
+#pragma omp simd reduction(+ : sum_c, sum_b)
+                for (int64_t j = 0; j < w; j++) {
+                    const float Gt = Gn[j] + C[n] * dy[j];        /* G_t */
+                    sum_c += hn[j] * dy[j];                        /* dL/dC_t[n] */
+                    sum_b += Gt * x[j];                            /* dL/dB_t[n] */
+                    gx[j] += B[n] * Gt;                            /* dL/d(dt u)_t */
+                    const float decay = scan_exp(dt[j] * A[j]);
+                    const float wt = Gt * decay * pn[j];           /* dL/d(dt_t A) */
+                    gAn[j] += wt * dt[j];
+                    gdt[j] += wt * A[j];
+                    Gn[j] = Gt * decay;                            /* carried to step t - 1 */
+                }
+                gC[n] += sum_c;
+                gB[n] += sum_b;
+            }
+            const int64_t row = (t * batch + b) * D + d0;
+            for (int64_t j = 0; j < w; j++) {
+                a->grad_u[row + j] = gx[j] * dt[j] + dy[j] * a->D[d0 + j];
+                gD[j] += dy[j] * u[j];
+                const float grad_delta = (gdt[j] + gx[j] * u[j]) * slope[j];
+                a->grad_delta[row + j] = grad_delta;
+                gbias[j] += grad_delta;
+            }
+        }
+    }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t j = 0; j < w; j++) {
+            a->grad_h[(b * N + n) * D + d0 + j] = G[n * CHUNK + j];
+            a->grad_A_rows[(b * N + n) * D + d0 + j] = gA[n * CHUNK + j];
+        }
+    for (int64_t j = 0; j < w; j++) {
+        if (a->grad_D_rows) a->grad_D_rows[b * D + d0 + j] = gD[j];
+        if (a->grad_bias_rows) a->grad_bias_rows[b * D + d0 + j] = gbias[j];
+    }
+}
+
+/* Items first .. last - 1, item = b * groups + group, a group being `chunks_per_group` consecutive chunks that
+   add into their own slice of the grad_B / grad_C partials (zeroed by the caller). Returns 0, 1 for arguments it
+   does not take, 2 when out of memory. */
+SCAN_TARGETS int storm_scan_backward(const scan_args *a, int64_t first, int64_t last) {
+    if (a->d_state < 1 || a->d_state > MAX_STATE || a->steps < 1 || a->chunks_per_group < 1) return 1;
+    const int64_t chunks = (a->d_inner + CHUNK - 1) / CHUNK;
+    const int64_t groups = (chunks + a->chunks_per_group - 1) / a->chunks_per_group;
+    const int64_t steps = a->steps < a->length ? a->steps : a->length;
+    float *memory = malloc((size_t)steps * (size_t)(a->d_state + 3) * CHUNK * sizeof(float));
+    if (!memory) return 2;
+    const block_scratch scratch = {memory, memory + steps * a->d_state * CHUNK,
+                                   memory + steps * (a->d_state + 1) * CHUNK, memory + steps * (a->d_state + 2) * CHUNK};
+    for (int64_t item = first; item < last; item++) {
+        const int64_t b = item / groups, group = item % groups;
+        float *grad_B = a->grad_B_parts + group * a->length * a->batch * a->d_state;
+        float *grad_C = a->grad_C_parts + group * a->length * a->batch * a->d_state;
+        for (int64_t c = group * a->chunks_per_group; c < chunks && c < (group + 1) * a->chunks_per_group; c++) {
+            const int64_t d0 = c * CHUNK;
+            if (a->d_inner - d0 >= CHUNK)
+                backward_chunk(a, b, d0, CHUNK, grad_B, grad_C, scratch);
+            else
+                backward_chunk(a, b, d0, a->d_inner - d0, grad_B, grad_C, scratch);
+        }
+    }
+    free(memory);
+    return 0;
+}
+"""
+
+_kernel_lock = threading.Lock()
+_cpu_kernel_state: dict = {}  # "lib": the loaded library or None once tried; "pool": worker threads
+
+
+def _kernel_cache_dir() -> str:
+    root = os.environ.get("STORM_HF_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "storm_hf")
+    return os.path.join(root, "kernels")
+
+
+def _compile_cpu_kernel() -> str:
+    """The kernel's shared library in the cache, built on first use (one per source, flags and platform: a cached one
+    loads without a compiler). Raises RuntimeError with the compiler's message when it cannot be built."""
+    import hashlib
+    import platform
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    key = hashlib.sha256("\0".join((_CPU_SCAN_SOURCE, " ".join(_KERNEL_FLAGS), sys.platform,
+                                     platform.machine())).encode()).hexdigest()[:20]
+    folder = _kernel_cache_dir()
+    library = os.path.join(folder, f"cpu_scan_{key}.so")
+    if os.path.exists(library):
+        return library
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        raise RuntimeError("no C compiler found (cc, gcc, clang or $CC)")
+    os.makedirs(folder, exist_ok=True)
+    # Built under a temporary name and renamed into place: processes starting together (data-parallel ranks)
+    # each build their own copy and never load a half-written one.
+    with tempfile.TemporaryDirectory(dir=folder, prefix="build-") as build:
+        source = os.path.join(build, "cpu_scan.c")
+        with open(source, "w") as f:
+            f.write(_CPU_SCAN_SOURCE)
+        built = os.path.join(build, "cpu_scan.so")
+        try:
+            result = subprocess.run([compiler, *_KERNEL_FLAGS, "-o", built, source], capture_output=True, text=True,
+                                    timeout=300)
+        except (OSError, subprocess.SubprocessError) as error:
+            raise RuntimeError(f"the C compiler {compiler!r} does not run: {error}") from error
+        if result.returncode != 0:
+            message = (result.stderr or result.stdout).strip()[-2000:]
+            raise RuntimeError(f"{compiler} failed (exit {result.returncode}){': ' + message if message else ''}")
+        os.replace(built, library)
+    return library
+
+
+def _load_cpu_kernel():
+    """The compiled library with its argument types, after a check against the PyTorch path; None when it
+    cannot be built or disagrees (a warning says why, once per process)."""
+    library = ctypes.CDLL(_compile_cpu_kernel())
+    for entry in (library.storm_scan_forward, library.storm_scan_backward):
+        entry.restype = ctypes.c_int
+        entry.argtypes = [ctypes.POINTER(_ScanArgs), ctypes.c_int64, ctypes.c_int64]
+    return library
+
+
+def _cpu_kernel():
+    """The compiled CPU scan library, or None (not wanted, cannot be built, or failed its check)."""
+    if CPU_SCAN_KERNEL is False or os.environ.get("STORM_HF_CPU_SCAN_KERNEL", "1") == "0":
+        return None
+    if "lib" in _cpu_kernel_state:
+        return _cpu_kernel_state["lib"]
+    with _kernel_lock:
+        if "lib" not in _cpu_kernel_state:
+            library, reason = None, None
+            try:
+                library = _load_cpu_kernel()
+                reason = _check_cpu_kernel(library)
+            except Exception as error:  # no compiler, a failed build, an unloadable library
+                reason = f"{type(error).__name__}: {error}"
+            if reason is not None:
+                library = None
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "storm_hf: the compiled CPU selective scan is not available (%s); using the PyTorch scan, "
+                    "which gives the same results but is several times slower at small widths. Set "
+                    "STORM_HF_CPU_SCAN_KERNEL=0 to skip the attempt.", reason)
+            _cpu_kernel_state["lib"] = library
+    return _cpu_kernel_state["lib"]
+
+
+def _check_cpu_kernel(library) -> str | None:
+    """Run the kernel's forward and backward once on a small problem against the PyTorch path; the reason when
+    they disagree (a miscompiled library must not give wrong answers), else None."""
+    g = torch.Generator().manual_seed(0)
+    length, batch, d_inner, d_state = 37, 2, 21, 5  # a partial chunk, several blocks (steps 8 below)
+    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    u, delta, z, grad = r(length, batch, d_inner), r(length, batch, d_inner), r(length, batch, d_inner), \
+        r(length, batch, d_inner)
+    A_t, B, C = -torch.exp(r(d_state, d_inner)), r(length, batch, d_state), r(length, batch, d_state)
+    D, bias, h0, grad_h = r(d_inner), r(d_inner), r(batch, d_state, d_inner), r(batch, d_state, d_inner)
+    steps = 8  # blocks of 8 steps: the backward recomputes from the kernel's block states
+    with torch.no_grad():
+        starts = u.new_empty(_num_blocks(length, steps), batch, d_state, d_inner)
+        expected = _scan_forward(u, delta, A_t, B, C, D, z, bias, h0, True)
+        got = _kernel_scan_forward(library, u, delta, A_t, B, C, D, z, bias, h0, True, steps, starts)
+        expected_grads = _scan_backward(grad, grad_h, u, delta, A_t, B, C, D, z, bias, starts, True, steps)
+        got_grads = _kernel_scan_backward(library, grad, grad_h, u, delta, A_t, B, C, D, z, bias, starts, True, steps)
+    for name, e, k in zip(("out", "h_last", *(f"grad {n}" for n in ("u", "delta", "A", "B", "C", "D", "z",
+                                                                    "delta_bias", "h0"))),
+                          (*expected[:2], *expected_grads), (*got[:2], *got_grads)):
+        error = ((k - e).abs().max() / e.abs().max().clamp_min(1e-6)).item()
+        if not error <= 1e-4:
+            return f"its {name} differs from the PyTorch scan's by {error:.1e} (relative) in the self-check"
+    return None
+
+
+def _kernel_pool(threads: int):
+    """Worker threads for the kernel's item ranges (ctypes releases the GIL during a call)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool, owner = _cpu_kernel_state.get("pool", (None, None))
+    # A forked child (a data loader's worker, a serving engine's) inherits the pool without its threads: new pool.
+    if pool is None or owner != os.getpid() or pool._max_workers < threads:
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="storm-scan")
+        _cpu_kernel_state["pool"] = (pool, os.getpid())
+    return pool
+
+
+def _run_items(function, arguments, items: int):
+    """Call the kernel ``function(arguments, first, last)`` over ``items`` work items, split into contiguous ranges
+    over the scan's intra-op threads (the calling thread runs the first range)."""
+    threads = max(1, min(torch.get_num_threads(), items))
+    bounds = [items * i // threads for i in range(threads + 1)]
+    pointer = ctypes.byref(arguments)
+    futures = [_kernel_pool(threads - 1).submit(function, pointer, bounds[i], bounds[i + 1])
+               for i in range(1, threads)] if threads > 1 else []
+    codes = [function(pointer, bounds[0], bounds[1])] + [f.result() for f in futures]
+    if any(codes):
+        raise RuntimeError(f"storm_hf's compiled CPU scan refused its arguments (codes {codes}).")
+
+
+class _ScanArgs(ctypes.Structure):
+    """The kernel's `scan_args` (same fields, same order)."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in
+                ("length", "batch", "d_inner", "d_state", "steps", "softplus", "chunks_per_group")] + \
+        [(name, ctypes.c_void_p) for name in ("u", "delta", "z", "B", "C", "grad_out")] + \
+        [(name, ctypes.c_int64) for name in
+         ("u_st", "u_sb", "delta_st", "delta_sb", "z_st", "z_sb", "B_st", "B_sb", "C_st", "C_sb", "g_st", "g_sb")] + \
+        [(name, ctypes.c_void_p) for name in
+         ("A_t", "D", "delta_bias", "h0", "out", "h_last", "block_starts", "grad_h", "grad_u", "grad_delta",
+          "grad_z", "grad_A_rows", "grad_D_rows", "grad_bias_rows", "grad_B_parts", "grad_C_parts")]
+
+
+def _scan_args(u, delta, A_t, B, C, D, z, delta_bias, softplus, steps, **outputs) -> _ScanArgs:
+    """The kernel's arguments. Sequences keep their strides over (length, batch) and need unit stride inside a row
+    (the scan ops' time-major views of the model's tensors have it, so nothing is copied); the rest is contiguous
+    fp32, as the ops give it."""
+    length, batch, d_inner = u.shape
+    arguments = _ScanArgs(length=length, batch=batch, d_inner=d_inner, d_state=A_t.shape[0], steps=steps,
+                          softplus=int(softplus), chunks_per_group=outputs.pop("chunks_per_group", 1))
+    for name, tensor in (("u", u), ("delta", delta), ("z", z), ("B", B), ("C", C),
+                         ("grad_out", outputs.pop("grad_out", None))):
+        if tensor is not None:
+            setattr(arguments, name, tensor.data_ptr())
+            setattr(arguments, f"{'g' if name == 'grad_out' else name}_st", tensor.stride(0))
+            setattr(arguments, f"{'g' if name == 'grad_out' else name}_sb", tensor.stride(1))
+    for name, tensor in (("A_t", A_t), ("D", D), ("delta_bias", delta_bias), *outputs.items()):
+        if tensor is not None:
+            setattr(arguments, name, tensor.data_ptr())
+    return arguments
+
+
+def _zeros_for_none(tensor, like, size):
+    """The kernel always reads D and delta_bias (branch-free loops): zeros stand for an absent one."""
+    return like.new_zeros(size) if tensor is None else tensor
+
+
+def _unit_rows(*tensors):
+    """The tensors with unit stride inside their rows (the kernel's requirement), each copied only when it lacks
+    it; None stays None."""
+    return tuple(t if t is None or t.stride(-1) == 1 else t.contiguous() for t in tensors)
+
+
+def _kernel_scan_forward(library, u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, steps, block_starts=None):
+    """`_scan_forward` in ``library`` (the compiled kernel): same arguments, plus the block length ``steps`` the
+    stored block states follow; sequences may be strided views (see `_scan_args`)."""
+    u, delta, B, C, z, D, delta_bias = _unit_rows(u, delta, B, C, z, D, delta_bias)
+    length, batch, d_inner = u.shape
+    out = u.new_empty(length, batch, d_inner)
+    h_last = u.new_empty(batch, A_t.shape[0], d_inner)
+    A_t, h0 = A_t.contiguous(), h0.contiguous()  # kept referenced until the kernel returns
+    D, delta_bias = _zeros_for_none(D, u, d_inner), _zeros_for_none(delta_bias, u, d_inner)
+    arguments = _scan_args(u, delta, A_t, B, C, D, z, delta_bias, softplus, steps, h0=h0, out=out, h_last=h_last,
+                           block_starts=block_starts)
+    _run_items(library.storm_scan_forward, arguments, batch * -(-d_inner // _KERNEL_CHUNK))
+    return out, h_last
+
+
+def _kernel_scan_backward(library, grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts,
+                          softplus, steps):
+    """`_scan_backward` in ``library`` (the compiled kernel): same arguments and returns; sequences may be strided
+    views (see `_scan_args`)."""
+    u, delta, B, C, z, D, delta_bias, grad_out = _unit_rows(u, delta, B, C, z, D, delta_bias, grad_out)
+    length, batch, d_inner = u.shape
+    d_state = A_t.shape[0]
+    grad_out = u.new_zeros(length, batch, d_inner) if grad_out is None else grad_out
+    grad_h = u.new_zeros(batch, d_state, d_inner) if grad_h_last is None else grad_h_last.contiguous().clone()
+    chunks = -(-d_inner // _KERNEL_CHUNK)
+    # Work items are (batch row, group of chunks); each group adds into its own copy of dL/dB and dL/dC (summed
+    # below), so there are only as many groups as the threads need.
+    groups = max(1, min(chunks, -(-torch.get_num_threads() // batch)))
+    chunks_per_group = -(-chunks // groups)
+    groups = -(-chunks // chunks_per_group)
+    new = lambda *shape: u.new_empty(shape)  # noqa: E731
+    grads = dict(grad_u=new(length, batch, d_inner), grad_delta=new(length, batch, d_inner),
+                 grad_z=None if z is None else new(length, batch, d_inner), grad_A_rows=new(batch, d_state, d_inner),
+                 grad_D_rows=None if D is None else new(batch, d_inner),
+                 grad_bias_rows=None if delta_bias is None else new(batch, d_inner),
+                 grad_B_parts=u.new_zeros(groups, length, batch, d_state),
+                 grad_C_parts=u.new_zeros(groups, length, batch, d_state))
+    A_t, block_starts = A_t.contiguous(), block_starts.contiguous()  # kept referenced until the kernel returns
+    D_or_zeros, bias_or_zeros = _zeros_for_none(D, u, d_inner), _zeros_for_none(delta_bias, u, d_inner)
+    arguments = _scan_args(u, delta, A_t, B, C, D_or_zeros, z, bias_or_zeros, softplus, steps, grad_out=grad_out,
+                           chunks_per_group=chunks_per_group, block_starts=block_starts, grad_h=grad_h, **grads)
+    _run_items(library.storm_scan_backward, arguments, batch * groups)
+    grad_D = None if D is None else grads["grad_D_rows"].sum(0)
+    grad_bias = None if delta_bias is None else grads["grad_bias_rows"].sum(0)
+    return (grads["grad_u"], grads["grad_delta"], grads["grad_A_rows"].sum(0), grads["grad_B_parts"].sum(0),
+            grads["grad_C_parts"].sum(0), grad_D, grads["grad_z"], grad_bias, grad_h)
+
+
+def _cpu_kernel_for(u: torch.Tensor, d_state: int):
+    """The compiled library when the scan of ``u`` runs on it (a CPU tensor, d_state it takes), else None."""
+    return _cpu_kernel() if u.device.type == "cpu" and d_state <= _KERNEL_MAX_STATE else None
+
+
+def cpu_scan_kernel_available() -> bool:
+    """True when the scan on CPU tensors runs the compiled kernel (built, checked and not switched off)."""
+    return _cpu_kernel() is not None
+
+
+# ----------------------------------------------------------------------------------------------------
 # The scan as two torch.library custom ops, so that torch.compile and torch.export see one opaque call per
 # scan instead of tracing (and unrolling) its per-step Python loop. Their bodies are the functions above and
 # run eagerly wherever the graph runs; the fake implementations give the compiler the output shapes, and the
 # autograd registration calls the backward op with what the forward kept.
 #
-# Schema (time-major fp32, contiguous; see `selective_scan_torch` for the layouts):
+# Schema (time-major fp32 (length, batch, x) sequences, any strides: the PyTorch bodies copy them contiguous, the
+# compiled CPU scan reads them where they are; see `selective_scan_torch` for the layouts):
 #   storm_hf::selective_scan_fwd(u, delta, A_t, B, C, D?, z?, delta_bias?, h0, softplus, save_states)
 #       -> (out (length, batch, d_inner), h_last (batch, d_state, d_inner),
 #           block_starts (num_blocks or 0 when not save_states, batch, d_state, d_inner))
@@ -340,11 +901,17 @@ def _op_body(u: torch.Tensor, d_state: int):
 def selective_scan_fwd(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, save_states):
     """The blocked forward scan as one op (see the schema above). ``save_states``: also return the state entering
     each block, what the backward recomputes from (only when a gradient will be taken; else a (0, ...) tensor)."""
-    u, delta, A_t, B, C, D, z, delta_bias, h0 = _contiguous(u, delta, A_t, B, C, D, z, delta_bias, h0)
     block_starts = _block_starts_buffer(u, A_t, save_states)
     with _op_body(u, A_t.shape[0]):
-        out, h_last = _scan_forward(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus,
-                                    block_starts if save_states else None)
+        starts = block_starts if save_states else None
+        library = _cpu_kernel_for(u, A_t.shape[0])
+        if library is not None:  # the compiled CPU scan reads the sequences where they are
+            steps = _steps_per_block(u.shape[0], u.shape[1], A_t.shape[0], u.shape[2])
+            out, h_last = _kernel_scan_forward(library, u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, steps,
+                                               starts)
+        else:
+            u, delta, A_t, B, C, D, z, delta_bias, h0 = _contiguous(u, delta, A_t, B, C, D, z, delta_bias, h0)
+            out, h_last = _scan_forward(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, starts)
     return out, h_last, block_starts
 
 
@@ -358,10 +925,13 @@ def _selective_scan_fwd_fake(u, delta, A_t, B, C, D, z, delta_bias, h0, softplus
 @torch.library.custom_op("storm_hf::selective_scan_bwd", mutates_args=(), schema=_BWD_SCHEMA)
 def selective_scan_bwd(grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts, softplus, steps):
     """`_scan_backward` as one op (see the schema above)."""
-    grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts = _contiguous(
-        grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts)
     with _op_body(u, A_t.shape[0]):
-        grads = _scan_backward(grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts,
+        library = _cpu_kernel_for(u, A_t.shape[0])
+        if library is None:
+            grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts = _contiguous(
+                grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts)
+        scan_backward = _scan_backward if library is None else partial(_kernel_scan_backward, library)
+        grads = scan_backward(grad_out, grad_h_last, u, delta, A_t, B, C, D, z, delta_bias, block_starts,
                                softplus, steps)
     return tuple(u.new_empty(0) if g is None else g for g in grads)
 
@@ -445,8 +1015,8 @@ def selective_scan_torch(
     if length == 0:
         raise ValueError("selective_scan_torch: the sequence is empty (length 0).")
 
-    def time_major(t):  # (batch, length, x) -> contiguous fp32 (length, batch, x)
-        return None if t is None else t.float().transpose(0, 1).contiguous()
+    def time_major(t):  # (batch, length, x) -> fp32 (length, batch, x), a view where t is fp32 already
+        return None if t is None else t.float().transpose(0, 1)
 
     if initial_state is None:
         h0 = u.new_zeros(batch, d_state, d_inner, dtype=torch.float32)
