@@ -318,8 +318,9 @@ _CPU_SCAN_SOURCE = r"""
 /* storm_hf's CPU selective scan: the Mamba-1 scan fused over time, one pass per (batch row, 16 channels), as
    mamba_ssm's CUDA kernel fuses it per thread block: time step (bias + softplus), decays, recurrence, the C
    contraction, the D skip and the silu(z) gate in registers, nothing of length x d_inner x d_state in memory.
-   Layouts (time-major, as storm_hf's scan ops): u, delta, z, grad_out (length, batch, d_inner) and B, C
-   (length, batch, d_state) with any strides over (length, batch) and unit stride inside a row; A_t
+   Layouts (time-major, as storm_hf's scan ops): u, delta, z, grad_out (length, batch, d_inner) with any strides
+   (a channel stride other than 1 is read element by element: over the steps of an item those reads stay in the
+   same cache lines), B, C (length, batch, d_state) with unit stride inside a row; A_t
    (d_state, d_inner); D, delta_bias (d_inner); states (batch, d_state, d_inner); block_starts (num_blocks, batch,
    d_state, d_inner), the state entering each block of `steps` steps; outputs contiguous. D and delta_bias
    are always given (zeros where the scan has none). Each entry point takes a
@@ -334,7 +335,8 @@ _CPU_SCAN_SOURCE = r"""
 typedef struct {
     int64_t length, batch, d_inner, d_state, steps, softplus, chunks_per_group;
     const float *u, *delta, *z, *B, *C, *grad_out;
-    int64_t u_st, u_sb, delta_st, delta_sb, z_st, z_sb, B_st, B_sb, C_st, C_sb, g_st, g_sb;
+    int64_t u_st, u_sb, u_sd, delta_st, delta_sb, delta_sd, z_st, z_sb, z_sd, g_st, g_sb, g_sd;
+    int64_t B_st, B_sb, C_st, C_sb;
     const float *A_t, *D, *delta_bias, *h0;
     float *out, *h_last, *block_starts;
     float *grad_h, *grad_u, *grad_delta, *grad_z, *grad_A_rows, *grad_D_rows, *grad_bias_rows;
@@ -408,6 +410,14 @@ INLINE float scan_softplus(float pre, float *sigmoid) {
 
 INLINE float scan_sigmoid(float z) { return 1.0f / (1.0f + scan_exp(-z)); }
 
+/* A row of w channels into dst, from src with channel stride `stride`. */
+INLINE void load_row(const float *restrict src, int64_t stride, int64_t w, float *restrict dst) {
+    if (stride == 1)
+        for (int64_t j = 0; j < w; j++) dst[j] = src[j];
+    else
+        for (int64_t j = 0; j < w; j++) dst[j] = src[j * stride];
+}
+
 /* The time step of one row: dt = softplus(delta + bias) (or delta + bias), its derivative, and dt * u. */
 INLINE void time_step(const scan_args *a, const float *restrict delta, const float *restrict u, int64_t d0,
                       int64_t w, float *restrict dt, float *restrict slope, float *restrict x) {
@@ -457,17 +467,20 @@ INLINE void forward_chunk(const scan_args *a, int64_t b, int64_t d0, int64_t w) 
             for (int64_t n = 0; n < N; n++)
                 for (int64_t j = 0; j < w; j++) start[n * D + j] = h[n * CHUNK + j];
         }
-        const float *u = a->u + t * a->u_st + b * a->u_sb + d0;
-        float dt[CHUNK], slope[CHUNK], x[CHUNK], acc[CHUNK];
-        time_step(a, a->delta + t * a->delta_st + b * a->delta_sb + d0, u, d0, w, dt, slope, x);
+        float u[CHUNK], delta[CHUNK], dt[CHUNK], slope[CHUNK], x[CHUNK], acc[CHUNK];
+        load_row(a->u + t * a->u_st + b * a->u_sb + d0 * a->u_sd, a->u_sd, w, u);
+        load_row(a->delta + t * a->delta_st + b * a->delta_sb + d0 * a->delta_sd, a->delta_sd, w, delta);
+        time_step(a, delta, u, d0, w, dt, slope, x);
         step(a, d0, w, dt, x, a->B + t * a->B_st + b * a->B_sb, a->C + t * a->C_st + b * a->C_sb, h, h, acc);
         float *out = a->out + (t * a->batch + b) * D + d0;
-        const float *z = a->z ? a->z + t * a->z_st + b * a->z_sb + d0 : NULL;
         const float *restrict Dv = a->D + d0;
-        if (z)
+        if (a->z) {
+            float z[CHUNK];
+            load_row(a->z + t * a->z_st + b * a->z_sb + d0 * a->z_sd, a->z_sd, w, z);
             for (int64_t j = 0; j < w; j++) out[j] = (acc[j] + Dv[j] * u[j]) * z[j] * scan_sigmoid(z[j]);
-        else
+        } else {
             for (int64_t j = 0; j < w; j++) out[j] = acc[j] + Dv[j] * u[j];
+        }
     }
     for (int64_t n = 0; n < N; n++)
         for (int64_t j = 0; j < w; j++) a->h_last[(b * N + n) * D + d0 + j] = h[n * CHUNK + j];
@@ -489,7 +502,7 @@ SCAN_TARGETS int storm_scan_forward(const scan_args *a, int64_t first, int64_t l
 }
 
 /* Scratch of one item's backward over one block of at most `steps` steps. */
-typedef struct { float *states, *dt, *slope, *dy; } block_scratch;
+typedef struct { float *states, *dt, *slope, *dy, *u; } block_scratch;
 
 /* Backward of channels d0 .. d0 + w of batch row b. grad_h holds dL/dh_last on entry and gets dL/dh0. Per block,
    last first: its states are recomputed from its boundary state (with the gate's gradient, which needs C.h), then
@@ -509,16 +522,18 @@ INLINE void backward_chunk(const scan_args *a, int64_t b, int64_t d0, int64_t w,
         /* 1. The block's states from its boundary state; the gate's gradient; dy = dL/d(C.h + D u). */
         for (int64_t t = t0; t < t1; t++) {
             const int64_t i = t - t0;
-            const float *u = a->u + t * a->u_st + b * a->u_sb + d0;
-            float *dt = s.dt + i * CHUNK, x[CHUNK], acc[CHUNK];
-            time_step(a, a->delta + t * a->delta_st + b * a->delta_sb + d0, u, d0, w, dt, s.slope + i * CHUNK, x);
+            float *u = s.u + i * CHUNK, *dt = s.dt + i * CHUNK, delta[CHUNK], x[CHUNK], acc[CHUNK];
+            load_row(a->u + t * a->u_st + b * a->u_sb + d0 * a->u_sd, a->u_sd, w, u);
+            load_row(a->delta + t * a->delta_st + b * a->delta_sb + d0 * a->delta_sd, a->delta_sd, w, delta);
+            time_step(a, delta, u, d0, w, dt, s.slope + i * CHUNK, x);
             const float *prev = i ? s.states + (i - 1) * N * CHUNK : start;
             step(a, d0, w, dt, x, a->B + t * a->B_st + b * a->B_sb, a->C + t * a->C_st + b * a->C_sb, prev,
                  s.states + i * N * CHUNK, acc);
-            const float *g = a->grad_out + t * a->g_st + b * a->g_sb + d0;
-            float *dy = s.dy + i * CHUNK;
+            float g[CHUNK], *dy = s.dy + i * CHUNK;
+            load_row(a->grad_out + t * a->g_st + b * a->g_sb + d0 * a->g_sd, a->g_sd, w, g);
             if (a->z) {
-                const float *z = a->z + t * a->z_st + b * a->z_sb + d0;
+                float z[CHUNK];
+                load_row(a->z + t * a->z_st + b * a->z_sb + d0 * a->z_sd, a->z_sd, w, z);
                 float *grad_z = a->grad_z + (t * batch + b) * D + d0;
                 for (int64_t j = 0; j < w; j++) {
                     const float y = acc[j] + a->D[d0 + j] * u[j];
@@ -533,7 +548,7 @@ INLINE void backward_chunk(const scan_args *a, int64_t b, int64_t d0, int64_t w,
         /* 2. The adjoint, backwards in time. */
         for (int64_t t = t1 - 1; t >= t0; t--) {
             const int64_t i = t - t0;
-            const float *u = a->u + t * a->u_st + b * a->u_sb + d0;
+            const float *u = s.u + i * CHUNK;
             const float *B = a->B + t * a->B_st + b * a->B_sb, *C = a->C + t * a->C_st + b * a->C_sb;
             const float *dt = s.dt + i * CHUNK, *dy = s.dy + i * CHUNK, *slope = s.slope + i * CHUNK;
             const float *h = s.states + i * N * CHUNK, *prev = i ? h - N * CHUNK : start;
@@ -589,10 +604,11 @@ SCAN_TARGETS int storm_scan_backward(const scan_args *a, int64_t first, int64_t 
     const int64_t chunks = (a->d_inner + CHUNK - 1) / CHUNK;
     const int64_t groups = (chunks + a->chunks_per_group - 1) / a->chunks_per_group;
     const int64_t steps = a->steps < a->length ? a->steps : a->length;
-    float *memory = malloc((size_t)steps * (size_t)(a->d_state + 3) * CHUNK * sizeof(float));
+    float *memory = malloc((size_t)steps * (size_t)(a->d_state + 4) * CHUNK * sizeof(float));
     if (!memory) return 2;
-    const block_scratch scratch = {memory, memory + steps * a->d_state * CHUNK,
-                                   memory + steps * (a->d_state + 1) * CHUNK, memory + steps * (a->d_state + 2) * CHUNK};
+    const int64_t row = steps * CHUNK;
+    const block_scratch scratch = {memory, memory + row * a->d_state, memory + row * (a->d_state + 1),
+                                   memory + row * (a->d_state + 2), memory + row * (a->d_state + 3)};
     for (int64_t item = first; item < last; item++) {
         const int64_t b = item / groups, group = item % groups;
         float *grad_B = a->grad_B_parts + group * a->length * a->batch * a->d_state;
@@ -753,25 +769,29 @@ class _ScanArgs(ctypes.Structure):
                 ("length", "batch", "d_inner", "d_state", "steps", "softplus", "chunks_per_group")] + \
         [(name, ctypes.c_void_p) for name in ("u", "delta", "z", "B", "C", "grad_out")] + \
         [(name, ctypes.c_int64) for name in
-         ("u_st", "u_sb", "delta_st", "delta_sb", "z_st", "z_sb", "B_st", "B_sb", "C_st", "C_sb", "g_st", "g_sb")] + \
+         ("u_st", "u_sb", "u_sd", "delta_st", "delta_sb", "delta_sd", "z_st", "z_sb", "z_sd", "g_st", "g_sb", "g_sd",
+          "B_st", "B_sb", "C_st", "C_sb")] + \
         [(name, ctypes.c_void_p) for name in
          ("A_t", "D", "delta_bias", "h0", "out", "h_last", "block_starts", "grad_h", "grad_u", "grad_delta",
           "grad_z", "grad_A_rows", "grad_D_rows", "grad_bias_rows", "grad_B_parts", "grad_C_parts")]
 
 
 def _scan_args(u, delta, A_t, B, C, D, z, delta_bias, softplus, steps, **outputs) -> _ScanArgs:
-    """The kernel's arguments. Sequences keep their strides over (length, batch) and need unit stride inside a row
-    (the scan ops' time-major views of the model's tensors have it, so nothing is copied); the rest is contiguous
-    fp32, as the ops give it."""
+    """The kernel's arguments. Sequences are read where they are, with their strides (the scan ops get time-major
+    views of the model's tensors: nothing is copied); B and C need unit stride over d_state (`_unit_rows`); the
+    rest is contiguous fp32."""
     length, batch, d_inner = u.shape
     arguments = _ScanArgs(length=length, batch=batch, d_inner=d_inner, d_state=A_t.shape[0], steps=steps,
                           softplus=int(softplus), chunks_per_group=outputs.pop("chunks_per_group", 1))
     for name, tensor in (("u", u), ("delta", delta), ("z", z), ("B", B), ("C", C),
                          ("grad_out", outputs.pop("grad_out", None))):
         if tensor is not None:
+            prefix = "g" if name == "grad_out" else name
             setattr(arguments, name, tensor.data_ptr())
-            setattr(arguments, f"{'g' if name == 'grad_out' else name}_st", tensor.stride(0))
-            setattr(arguments, f"{'g' if name == 'grad_out' else name}_sb", tensor.stride(1))
+            setattr(arguments, f"{prefix}_st", tensor.stride(0))
+            setattr(arguments, f"{prefix}_sb", tensor.stride(1))
+            if name not in ("B", "C"):
+                setattr(arguments, f"{prefix}_sd", tensor.stride(2))
     for name, tensor in (("A_t", A_t), ("D", D), ("delta_bias", delta_bias), *outputs.items()):
         if tensor is not None:
             setattr(arguments, name, tensor.data_ptr())
@@ -784,15 +804,15 @@ def _zeros_for_none(tensor, like, size):
 
 
 def _unit_rows(*tensors):
-    """The tensors with unit stride inside their rows (the kernel's requirement), each copied only when it lacks
-    it; None stays None."""
+    """The tensors with unit stride inside their rows (what the kernel needs of B, C, D and delta_bias), each copied
+    only when it lacks it; None stays None."""
     return tuple(t if t is None or t.stride(-1) == 1 else t.contiguous() for t in tensors)
 
 
 def _kernel_scan_forward(library, u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, steps, block_starts=None):
     """`_scan_forward` in ``library`` (the compiled kernel): same arguments, plus the block length ``steps`` the
     stored block states follow; sequences may be strided views (see `_scan_args`)."""
-    u, delta, B, C, z, D, delta_bias = _unit_rows(u, delta, B, C, z, D, delta_bias)
+    B, C, D, delta_bias = _unit_rows(B, C, D, delta_bias)
     length, batch, d_inner = u.shape
     out = u.new_empty(length, batch, d_inner)
     h_last = u.new_empty(batch, A_t.shape[0], d_inner)
@@ -808,7 +828,7 @@ def _kernel_scan_backward(library, grad_out, grad_h_last, u, delta, A_t, B, C, D
                           softplus, steps):
     """`_scan_backward` in ``library`` (the compiled kernel): same arguments and returns; sequences may be strided
     views (see `_scan_args`)."""
-    u, delta, B, C, z, D, delta_bias, grad_out = _unit_rows(u, delta, B, C, z, D, delta_bias, grad_out)
+    B, C, D, delta_bias = _unit_rows(B, C, D, delta_bias)
     length, batch, d_inner = u.shape
     d_state = A_t.shape[0]
     grad_out = u.new_zeros(length, batch, d_inner) if grad_out is None else grad_out
