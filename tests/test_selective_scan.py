@@ -413,45 +413,40 @@ def test_kernel_extreme_time_steps_and_wide_states(monkeypatch):
     assert calls  # the PyTorch path took it
 
 
-def _fresh_kernel_process(code: str, **env):
-    """Run ``code`` in a new interpreter (a fresh kernel state) with ``env`` added; returns the finished process."""
-    import os
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env})
-
-
-_PROBE = """
-import torch, storm_hf.selective_scan as s
-x = [torch.randn(1, 20, 8), torch.randn(1, 20, 8), -torch.rand(8, 4), torch.randn(1, 20, 4), torch.randn(1, 20, 4)]
-y = s.selective_scan_torch(*x, delta_softplus=True)
-print("kernel" if s.cpu_scan_kernel_available() else "pytorch", bool(torch.isfinite(y).all()))
-"""
-
-
-def test_kernel_builds_once_into_its_cache_and_falls_back_without_a_compiler(tmp_path):
-    """First use builds the library into the cache folder (STORM_HF_CACHE here) and later processes load it without
-    compiling; without a working compiler, or with STORM_HF_CPU_SCAN_KERNEL=0, the scan runs on the PyTorch path (a
-    compiler failure says so once, in a warning) and gives its results."""
+def test_kernel_builds_once_into_its_cache_and_falls_back_without_a_compiler(tmp_path, monkeypatch, caplog):
+    """First use builds the library into the cache folder ($STORM_HF_CACHE here) and later loads take it from there
+    without a compiler; without a working compiler, or with STORM_HF_CPU_SCAN_KERNEL=0, the scan runs on the PyTorch
+    path (a failed build says so once, in a warning) and still answers."""
+    import logging
     import os
 
-    cache = str(tmp_path / "cache")
-    first = _fresh_kernel_process(_PROBE, STORM_HF_CACHE=cache)
-    assert first.returncode == 0 and first.stdout.split() == ["kernel", "True"], first.stderr
-    built = os.listdir(os.path.join(cache, "kernels"))
+    x = make_inputs(1, 20, 8, 4, torch.float32)
+    ref = make_inputs(1, 20, 8, 4, torch.float64)
+    expected = selective_scan_sequential(**ref, delta_softplus=True)
+
+    def fresh_process_state(**env):  # what a new process starts with
+        monkeypatch.setattr(scan_module, "_cpu_kernel_state", {})
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        y = selective_scan_torch(**x, delta_softplus=True)
+        assert rel_err(y, expected) < 1e-4
+        return scan_module.cpu_scan_kernel_available()
+
+    cache = tmp_path / "cache"
+    assert fresh_process_state(STORM_HF_CACHE=str(cache))
+    built = os.listdir(cache / "kernels")
     assert len(built) == 1 and built[0].endswith(".so")  # no build folder left behind
-    again = _fresh_kernel_process(_PROBE, STORM_HF_CACHE=cache, CC="/nonexistent/cc-that-is-not-called")
-    assert again.returncode == 0 and again.stdout.split() == ["kernel", "True"], again.stderr
+    assert fresh_process_state(CC="/nonexistent/cc-that-is-not-called")  # cached: no compiler needed
 
-    broken = _fresh_kernel_process(_PROBE, STORM_HF_CACHE=str(tmp_path / "empty"), CC="false")
-    assert broken.returncode == 0 and broken.stdout.split() == ["pytorch", "True"], broken.stderr
-    assert broken.stderr.count("compiled CPU selective scan is not available") == 1
-    assert "false failed" in broken.stderr
-    off = _fresh_kernel_process(_PROBE, STORM_HF_CACHE=str(tmp_path / "off"), STORM_HF_CPU_SCAN_KERNEL="0")
-    assert off.returncode == 0 and off.stdout.split() == ["pytorch", "True"] and "not available" not in off.stderr
-    assert not os.path.exists(tmp_path / "off")
+    caplog.set_level(logging.WARNING, logger="storm_hf.selective_scan")
+    assert not fresh_process_state(STORM_HF_CACHE=str(tmp_path / "empty"), CC="false")
+    selective_scan_torch(**x, delta_softplus=True)
+    warnings_ = [r.getMessage() for r in caplog.records if "compiled CPU selective scan is not available" in
+                 r.getMessage()]
+    assert len(warnings_) == 1 and "false failed" in warnings_[0]
+    caplog.clear()
+    assert not fresh_process_state(STORM_HF_CACHE=str(tmp_path / "off"), STORM_HF_CPU_SCAN_KERNEL="0")
+    assert not caplog.records and not os.path.exists(tmp_path / "off")
 
 
 def test_kernel_that_disagrees_with_the_pytorch_path_is_not_used(monkeypatch):
@@ -488,5 +483,8 @@ if pid == 0:
     os._exit(0 if torch.equal(s.selective_scan_torch(*x, delta_softplus=True), before) else 1)
 print(s.cpu_scan_kernel_available(), os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 """
-    done = _fresh_kernel_process(code)
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.split() == ["True", "0"], done.stderr

@@ -439,16 +439,24 @@ INLINE void time_step(const scan_args *a, const float *restrict delta, const flo
 }
 
 /* One step of the recurrence: h = exp(dt A) * prev + x B (prev and h d_state x CHUNK, may be the same array), and
-   acc = C.h. */
+   acc = C.h; the decays exp(dt A) go to `decays` too unless it is NULL (the backward keeps them). */
 INLINE void step(const scan_args *a, int64_t d0, int64_t w, const float *restrict dt, const float *restrict x,
                  const float *restrict B, const float *restrict C, const float *prev, float *h,
-                 float *restrict acc) {
+                 float *restrict acc, float *restrict decays) {
     for (int64_t j = 0; j < w; j++) acc[j] = 0.0f;
     for (int64_t n = 0; n < a->d_state; n++) {
         const float *restrict A = a->A_t + n * a->d_inner + d0;
         const float bn = B[n], cn = C[n];
-        float row[CHUNK];  /* through a local row: no aliasing between prev and h for the vectoriser to fear */
-        for (int64_t j = 0; j < w; j++) row[j] = scan_exp(dt[j] * A[j]) * prev[n * CHUNK + j] + x[j] * bn;
+        float row[CHUNK];  /* a local row: no aliasing between prev and h for the vectoriser to fear */
+        if (decays) {
+            for (int64_t j = 0; j < w; j++) {
+                const float decay = scan_exp(dt[j] * A[j]);
+                decays[n * CHUNK + j] = decay;
+                row[j] = decay * prev[n * CHUNK + j] + x[j] * bn;
+            }
+        } else {
+            for (int64_t j = 0; j < w; j++) row[j] = scan_exp(dt[j] * A[j]) * prev[n * CHUNK + j] + x[j] * bn;
+        }
         for (int64_t j = 0; j < w; j++) {
             h[n * CHUNK + j] = row[j];
             acc[j] += cn * row[j];
@@ -471,7 +479,7 @@ INLINE void forward_chunk(const scan_args *a, int64_t b, int64_t d0, int64_t w) 
         load_row(a->u + t * a->u_st + b * a->u_sb + d0 * a->u_sd, a->u_sd, w, u);
         load_row(a->delta + t * a->delta_st + b * a->delta_sb + d0 * a->delta_sd, a->delta_sd, w, delta);
         time_step(a, delta, u, d0, w, dt, slope, x);
-        step(a, d0, w, dt, x, a->B + t * a->B_st + b * a->B_sb, a->C + t * a->C_st + b * a->C_sb, h, h, acc);
+        step(a, d0, w, dt, x, a->B + t * a->B_st + b * a->B_sb, a->C + t * a->C_st + b * a->C_sb, h, h, acc, NULL);
         float *out = a->out + (t * a->batch + b) * D + d0;
         const float *restrict Dv = a->D + d0;
         if (a->z) {
@@ -502,7 +510,7 @@ SCAN_TARGETS int storm_scan_forward(const scan_args *a, int64_t first, int64_t l
 }
 
 /* Scratch of one item's backward over one block of at most `steps` steps. */
-typedef struct { float *states, *dt, *slope, *dy, *u; } block_scratch;
+typedef struct { float *states, *decays, *dt, *slope, *dy, *u; } block_scratch;
 
 /* Backward of channels d0 .. d0 + w of batch row b. grad_h holds dL/dh_last on entry and gets dL/dh0. Per block,
    last first: its states are recomputed from its boundary state (with the gate's gradient, which needs C.h), then
@@ -528,7 +536,7 @@ INLINE void backward_chunk(const scan_args *a, int64_t b, int64_t d0, int64_t w,
             time_step(a, delta, u, d0, w, dt, s.slope + i * CHUNK, x);
             const float *prev = i ? s.states + (i - 1) * N * CHUNK : start;
             step(a, d0, w, dt, x, a->B + t * a->B_st + b * a->B_sb, a->C + t * a->C_st + b * a->C_sb, prev,
-                 s.states + i * N * CHUNK, acc);
+                 s.states + i * N * CHUNK, acc, s.decays + i * N * CHUNK);
             float g[CHUNK], *dy = s.dy + i * CHUNK;
             load_row(a->grad_out + t * a->g_st + b * a->g_sb + d0 * a->g_sd, a->g_sd, w, g);
             if (a->z) {
@@ -559,6 +567,7 @@ INLINE void backward_chunk(const scan_args *a, int64_t b, int64_t d0, int64_t w,
                 const float *A = a->A_t + n * D + d0;
                 float *Gn = G + n * CHUNK, *gAn = gA + n * CHUNK;
                 const float *hn = h + n * CHUNK, *pn = prev + n * CHUNK;
+                const float *decay_n = s.decays + (i * N + n) * CHUNK;
                 float sum_c = 0.0f, sum_b = 0.0f;
 #pragma omp simd reduction(+ : sum_c, sum_b)
                 for (int64_t j = 0; j < w; j++) {
@@ -566,7 +575,7 @@ INLINE void backward_chunk(const scan_args *a, int64_t b, int64_t d0, int64_t w,
                     sum_c += hn[j] * dy[j];                        /* dL/dC_t[n] */
                     sum_b += Gt * x[j];                            /* dL/dB_t[n] */
                     gx[j] += B[n] * Gt;                            /* dL/d(dt u)_t */
-                    const float decay = scan_exp(dt[j] * A[j]);
+                    const float decay = decay_n[j];
                     const float wt = Gt * decay * pn[j];           /* dL/d(dt_t A) */
                     gAn[j] += wt * dt[j];
                     gdt[j] += wt * A[j];
@@ -604,11 +613,11 @@ SCAN_TARGETS int storm_scan_backward(const scan_args *a, int64_t first, int64_t 
     const int64_t chunks = (a->d_inner + CHUNK - 1) / CHUNK;
     const int64_t groups = (chunks + a->chunks_per_group - 1) / a->chunks_per_group;
     const int64_t steps = a->steps < a->length ? a->steps : a->length;
-    float *memory = malloc((size_t)steps * (size_t)(a->d_state + 4) * CHUNK * sizeof(float));
+    float *memory = malloc((size_t)steps * (size_t)(2 * a->d_state + 4) * CHUNK * sizeof(float));
     if (!memory) return 2;
-    const int64_t row = steps * CHUNK;
-    const block_scratch scratch = {memory, memory + row * a->d_state, memory + row * (a->d_state + 1),
-                                   memory + row * (a->d_state + 2), memory + row * (a->d_state + 3)};
+    const int64_t row = steps * CHUNK, N = a->d_state;
+    const block_scratch scratch = {memory, memory + row * N, memory + row * 2 * N, memory + row * (2 * N + 1),
+                                   memory + row * (2 * N + 2), memory + row * (2 * N + 3)};
     for (int64_t item = first; item < last; item++) {
         const int64_t b = item / groups, group = item % groups;
         float *grad_B = a->grad_B_parts + group * a->length * a->batch * a->d_state;

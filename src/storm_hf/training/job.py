@@ -42,8 +42,9 @@ gradient accumulation, number of processes, learning rate or its schedule, weigh
 num_frames or stage, unless `resume_with_changes: true`. `resume: false` trains from the start instead.
 
 Under `accelerate launch --multi_gpu --num_processes N -m storm_hf train CONFIG` the same job runs data-parallel
-(DDP), with per_device_train_batch_size per process; DeepSpeed ZeRO and FSDP are accelerate configurations
-(`accelerate config`; see the README's "Fine-tuning").
+(DDP), with per_device_train_batch_size per process. FSDP2 with A_log and D kept fp32 under mixed precision is
+`storm_hf.training.fsdp.shard_model` in a loop of your own (examples/fsdp_train.py); see the README's engine table in
+"Fine-tuning".
 """
 
 from __future__ import annotations

@@ -1,0 +1,85 @@
+"""FSDP2 for STORM: `torch.distributed.fsdp.fully_shard` applied the way accelerate applies it on GPUs (each
+layer its own unit, then the root), plus what STORM needs that a policy over layer classes cannot give: the temporal
+encoder's `A_log` and `D` stay fp32 under mixed precision.
+
+Why: FSDP2's `MixedPrecisionPolicy(param_dtype=torch.bfloat16)` casts every parameter of a unit to bf16 when it
+gathers them, so in a `StormTemporalBlock` unit the mixers' `A_log` and `D` reach the scan as bf16 (the decays
+exp(dt * A) then carry bf16's 3 significant digits), although the model keeps them fp32 everywhere else (as
+mamba_ssm does: `_keep_in_fp32_modules_strict`, and `.to(dtype)` leaves them fp32). Here every mixer is a unit of
+its own with an fp32 policy that holds only `A_log` and `D`, and its projections and convolution are units of
+their own with the given policy, so they still run in bf16. FSDP2 does not rename parameters: the state dict keys
+stay the model's (and mamba_ssm's), and a full state dict saves with `save_pretrained` and loads with
+`from_pretrained`.
+
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+    from storm_hf.training.fsdp import shard_model, full_state_dict
+    shard_model(model, MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
+    ...  # train
+    state = full_state_dict(model)  # every rank calls it; rank 0 gets the tensors
+    if rank == 0:
+        model.save_pretrained(folder, state_dict=state)
+
+Tested on CPU with 2 processes over gloo (tests/test_fsdp.py); on GPUs the same calls run over NCCL.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..modeling_storm import StormMambaMixer
+
+
+def fsdp_wrap_classes(model: nn.Module) -> set[str]:
+    """The layer classes FSDP shards as units of their own (accelerate's `transformer_layer_cls_to_wrap`): the
+    model's and its sub-models' `_no_split_modules` (the language model's decoder layers, the image encoder's
+    layers, `StormTemporalBlock`)."""
+    names = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    return names
+
+
+def _fp32_mixer_policy():
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    # The mixer's own unit holds only A_log and D: gathered, used and reduced in fp32; its inputs are left as they
+    # come (the projections' units cast theirs).
+    return MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
+
+
+def shard_model(model: nn.Module, mp_policy=None, mesh=None, reshard_after_forward: bool = True) -> nn.Module:
+    """Shard ``model`` in place with FSDP2 (`fully_shard`) over ``mesh`` (default: the whole default process group)
+    and return it: each temporal mixer's projections and convolution with ``mp_policy``, the mixer itself (A_log,
+    D) with an fp32 policy, then every layer of `fsdp_wrap_classes` and the root with ``mp_policy``. Call it after
+    `torch.distributed.init_process_group`, before creating the optimizer."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp_policy = mp_policy if mp_policy is not None else MixedPrecisionPolicy()
+    options = dict(mesh=mesh, reshard_after_forward=reshard_after_forward)
+    for mixer in [m for m in model.modules() if isinstance(m, StormMambaMixer)]:
+        for part in (mixer.in_proj, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.out_proj):
+            if part is not None:
+                fully_shard(part, mp_policy=mp_policy, **options)
+        fully_shard(mixer, mp_policy=_fp32_mixer_policy(), **options)
+    wrap = fsdp_wrap_classes(model)
+    # Children before parents: a unit holds the parameters no unit below it holds.
+    for module in reversed(list(model.modules())):
+        if module is not model and type(module).__name__ in wrap and not _is_sharded(module):
+            fully_shard(module, mp_policy=mp_policy, **options)
+    fully_shard(model, mp_policy=mp_policy, **options)
+    return model
+
+
+def _is_sharded(module: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state dict gathered from the shards, on CPU, for `save_pretrained(folder,
+    state_dict=...)`: every rank must call it (it gathers); rank 0 gets the tensors, the others an empty dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
