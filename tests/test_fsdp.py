@@ -1,7 +1,8 @@
 """FSDP2 (`storm_hf.training.fsdp`) on CPU: 2 processes over gloo, launched by torch's own launcher
 (`python -m torch.distributed.run`, what accelerate runs on GPUs underneath), against one process training the
 unsharded model on the same global batch; A_log and D reach the scan as fp32 under bf16 mixed precision; the
-gathered full state dict saves with save_pretrained and loads with from_pretrained."""
+gathered full state dict saves with save_pretrained and loads with from_pretrained; a sharded training state
+(model and optimizer) saved mid-run resumes exactly."""
 
 import json
 import os
@@ -26,7 +27,7 @@ sys.path.insert(0, os.environ["STORM_REPO"])
 from tests.conftest import tiny_config, video_prompt
 from storm_hf import StormForConditionalGeneration
 from storm_hf.modeling_storm import StormMambaMixer
-from storm_hf.training.fsdp import full_state_dict, shard_model
+from storm_hf.training.fsdp import full_state_dict, load_training_state, save_training_state, shard_model
 
 out = sys.argv[1]
 dist.init_process_group("gloo")
@@ -74,13 +75,44 @@ for step in range(3):
             dist.all_reduce(total)
             total /= world
         losses[name].append(total.item())
+# Exact resume: AdamW (its moments are in the checkpoint) for 3 steps straight, against 2 steps, save_training_state,
+# a new sharded model and optimizer, load_training_state and the third step.
+def adamw_step(model, optimizer, step):
+    share = 4 // world
+    loss = model(input_ids=ids.repeat(share, 1), pixel_values_videos=videos[step, rank * share:(rank + 1) * share],
+                 labels=labels.repeat(share, 1)).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+straight = shard_model(build("straight"), policies["bf16"])
+straight_optimizer = torch.optim.AdamW(straight.parameters(), lr=1e-2)
+straight_losses = [adamw_step(straight, straight_optimizer, step) for step in range(3)]
+first = shard_model(build("first"), policies["bf16"])
+first_optimizer = torch.optim.AdamW(first.parameters(), lr=1e-2)
+resumed_losses = [adamw_step(first, first_optimizer, step) for step in range(2)]
+save_training_state(os.path.join(out, "step-2"), first, first_optimizer)
+refused = False
+try:
+    save_training_state(os.path.join(out, "step-2"), first, first_optimizer)
+except FileExistsError:
+    refused = True
+second = shard_model(build("second"), policies["bf16"])
+second_optimizer = torch.optim.AdamW(second.parameters(), lr=1e-2)
+load_training_state(os.path.join(out, "step-2"), second, second_optimizer)
+resumed_losses.append(adamw_step(second, second_optimizer, 2))
+straight_state, resumed_state = full_state_dict(straight), full_state_dict(second)
 states = {name: full_state_dict(models[name]) for name in policies}
 if rank == 0:
     dtypes = {name: sorted({str(t.dtype) for t in state.values()}) for name, state in states.items()}
     for name, state in states.items():  # (save_pretrained takes entries out of the dict it is given)
         models[name].save_pretrained(os.path.join(out, name), state_dict=state)
     models["one-process"].save_pretrained(os.path.join(out, "one-process"))
-    json.dump({"losses": losses, "seen": {k: sorted(v) for k, v in seen.items()}, "dtypes": dtypes},
+    resume = {"straight": straight_losses, "resumed": resumed_losses, "refused_overwrite": refused,
+              "weights_equal": all(torch.equal(straight_state[k], resumed_state[k]) for k in straight_state),
+              "files": sorted(os.listdir(out))}
+    json.dump({"losses": losses, "seen": {k: sorted(v) for k, v in seen.items()}, "dtypes": dtypes, "resume": resume},
               open(os.path.join(out, "run.json"), "w"))
 dist.destroy_process_group()
 '''
@@ -96,9 +128,15 @@ def test_fsdp2_two_processes_match_one_and_keep_A_log_and_D_fp32(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     run = json.load(open(out / "run.json"))
     # What the scan's mixers saw: fp32 A_log and D in every run; in_proj's output in bf16 under mixed precision.
-    assert run["seen"] == {"fp32": [["torch.float32", "torch.float32", "torch.float32"]],
-                           "bf16": [["torch.float32", "torch.float32", "torch.bfloat16"]],
-                           "one-process": [["torch.float32", "torch.float32", "torch.float32"]]}
+    bf16_run = [["torch.float32", "torch.float32", "torch.bfloat16"]]
+    assert run["seen"] == {"fp32": [["torch.float32", "torch.float32", "torch.float32"]], "bf16": bf16_run,
+                           "one-process": [["torch.float32", "torch.float32", "torch.float32"]],
+                           "straight": bf16_run, "first": bf16_run, "second": bf16_run}
+    # Resume: the third step after save_training_state / load_training_state equals the straight run's, bit for bit;
+    # a second save to the same folder is refused, and no staging folder is left.
+    resume = run["resume"]
+    assert resume["resumed"] == resume["straight"] and resume["weights_equal"] and resume["refused_overwrite"]
+    assert "step-2" in resume["files"] and not any(name.endswith(".incomplete") for name in resume["files"])
     assert run["dtypes"] == {"fp32": ["torch.float32"], "bf16": ["torch.float32"]}  # stored parameters stay fp32
     reference = run["losses"]["one-process"]
     assert run["losses"]["fp32"] == pytest.approx(reference, rel=1e-5)

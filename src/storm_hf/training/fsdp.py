@@ -12,12 +12,14 @@ stay the model's (and mamba_ssm's), and a full state dict saves with `save_pretr
 `from_pretrained`.
 
     from torch.distributed.fsdp import MixedPrecisionPolicy
-    from storm_hf.training.fsdp import shard_model, full_state_dict
+    from storm_hf.training.fsdp import full_state_dict, load_training_state, save_training_state, shard_model
     shard_model(model, MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
     ...  # train
     state = full_state_dict(model)  # every rank calls it; rank 0 gets the tensors
     if rank == 0:
         model.save_pretrained(folder, state_dict=state)
+    save_training_state("step-100", model, optimizer)  # shards of the model and optimizer, to resume exactly
+    load_training_state("step-100", model, optimizer)
 
 Tested on CPU with 2 processes over gloo (tests/test_fsdp.py); on GPUs the same calls run over NCCL.
 """
@@ -83,3 +85,50 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save_training_state(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Every rank writes its shards of the model and the optimizer (`torch.distributed.checkpoint`) into ``folder``,
+    for `load_training_state` to resume from exactly (on the same number of processes or another: the checkpoint
+    is resharded on load). All or nothing: the shards go to ``folder + ".incomplete"`` first and the folder gets its
+    name when every rank has written; an existing ``folder`` is refused, never overwritten. Every rank must call it."""
+    import os
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    staging = folder + ".incomplete"
+    problem = None
+    if dist.get_rank() == 0:
+        if os.path.exists(folder):
+            problem = f"save_training_state: {folder} exists; choose a new folder (nothing was written)"
+        elif os.path.exists(staging):
+            problem = (f"save_training_state: {staging} exists, left by an interrupted save; delete it to save "
+                       f"to {folder} (nothing was written)")
+    problems = [problem]
+    dist.broadcast_object_list(problems, src=0)
+    if problems[0]:
+        raise FileExistsError(problems[0])
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=staging)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        os.rename(staging, folder)
+    dist.barrier()
+
+
+def load_training_state(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load what `save_training_state` wrote into the sharded ``model`` and its ``optimizer`` (created the same way
+    as before the save): training then continues exactly. Every rank must call it."""
+    import os
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"load_training_state: {folder} is not a folder written by save_training_state")
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=folder)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
