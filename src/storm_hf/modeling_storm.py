@@ -257,6 +257,17 @@ def init_mamba_mixer(mixer: "StormMambaMixer", residual_scale: float = 1.0):
     """
     if mixer.A_log.is_meta:
         return  # materialised later, when PreTrainedModel initialises the missing weights
+    partitioned = [p for p in mixer.parameters() if hasattr(p, "ds_id")]
+    if partitioned:  # built inside DeepSpeed ZeRO-3's zero.Init: each rank holds a slice; draw on rank 0, share
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
+            _init_mamba_mixer(mixer, residual_scale)
+        return
+    _init_mamba_mixer(mixer, residual_scale)
+
+
+def _init_mamba_mixer(mixer: "StormMambaMixer", residual_scale: float) -> None:
     for linear in (mixer.in_proj, mixer.x_proj):
         if linear is None:
             continue  # a backward SSM that shares the forward mixer's projections

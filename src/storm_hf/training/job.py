@@ -42,9 +42,10 @@ gradient accumulation, number of processes, learning rate or its schedule, weigh
 num_frames or stage, unless `resume_with_changes: true`. `resume: false` trains from the start instead.
 
 Under `accelerate launch --multi_gpu --num_processes N -m storm_hf train CONFIG` the same job runs data-parallel
-(DDP), with per_device_train_batch_size per process. FSDP2 with A_log and D kept fp32 under mixed precision is
-`storm_hf.training.fsdp.shard_model` in a loop of your own (examples/fsdp_train.py); see the README's engine table in
-"Fine-tuning".
+(DDP), with per_device_train_batch_size per process; `training: {deepspeed: ds.json}` runs it under DeepSpeed ZeRO
+(a config whose "optimizer" section decays weights is refused: DeepSpeed would decay A_log and D). FSDP2 with A_log and
+D kept fp32 under mixed precision is `storm_hf.training.fsdp.shard_model` in a loop of your own
+(examples/fsdp_train.py); see the README's engine table in "Fine-tuning".
 """
 
 from __future__ import annotations
@@ -409,6 +410,38 @@ def _check_world_size(args):
         )
 
 
+def _check_deepspeed_optimizer(args) -> None:
+    """Refuse a DeepSpeed config whose "optimizer" section decays weights: DeepSpeed then builds the optimizer from
+    one group of every trainable parameter (transformers hands it no groups), so the temporal mixers' A_log and D,
+    which mamba_ssm and this job keep out of weight decay, would be decayed without a word."""
+    config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None) or {}
+    optimizer = config.get("optimizer")
+    if not optimizer:
+        return
+    decay = (optimizer.get("params") or {}).get("weight_decay", 0)
+    decay = args.weight_decay if decay == "auto" else decay
+    if decay:
+        raise ValueError(
+            f"training.deepspeed: the DeepSpeed config's \"optimizer\" section has weight_decay {decay}, which DeepSpeed "
+            "would apply to every parameter, the temporal encoder's A_log and D included (they take no weight decay). "
+            "Remove the \"optimizer\" section: the job's AdamW (training.learning_rate, training.weight_decay) then "
+            "runs under DeepSpeed with A_log and D in their no-decay group.")
+
+
+def _join_deepspeed_to_the_process_group(args) -> None:
+    """Under DeepSpeed ZeRO-3, `from_pretrained` builds the model inside `deepspeed.zero.Init`, which sizes its
+    batch checks by DeepSpeed's own communication layer; on a CPU (DS_ACCELERATOR=cpu) that layer is not joined to
+    the gloo group the launcher's processes already share, so it counts one process ("train_batch_size is not
+    equal to micro_batch_per_gpu * gradient_acc_step * world_size 4 != 2 * 1 * 1"). Join it to that group first."""
+    import torch.distributed as dist
+
+    if not getattr(args, "deepspeed", None) or not dist.is_available() or not dist.is_initialized():
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=dist.get_backend())
+
+
 def train(config: dict, callbacks=None):
     """Run one training job described by `config` (see the module docstring).
 
@@ -438,6 +471,7 @@ def train(config: dict, callbacks=None):
     training.setdefault("report_to", [])
     args = TrainingArguments(**training)
     _check_world_size(args)
+    _check_deepspeed_optimizer(args)
     stage = config.get("stage", "lora")
     merge = stage == "lora" and bool(config.get("merge_lora"))
     main_process = args.process_index == 0
@@ -491,6 +525,7 @@ def train(config: dict, callbacks=None):
         say(f"training from the start into {args.output_dir}")
 
     set_seed(args.seed)  # new weights (LoRA adapters, a fresh projector) start the same in every run
+    _join_deepspeed_to_the_process_group(args)
     model = StormForConditionalGeneration.from_pretrained(config["model"])
     processor = StormProcessor.from_pretrained(config.get("processor", config["model"]))
     lora = config.get("lora", {})
