@@ -1,5 +1,5 @@
-"""`storm-hf train` under DeepSpeed ZeRO-2 and ZeRO-3 on a CPU: 2 processes over gloo against one process without
-DeepSpeed at the same global batch (the same weights, A_log and D included: their no-weight-decay group survives
+"""`storm-hf train` under DeepSpeed ZeRO-2 and ZeRO-3 (and plain DDP) on a CPU: 2 processes over gloo against one
+process without DeepSpeed at the same global batch (the same weights, A_log and D included: their no-weight-decay group survives
 DeepSpeed), ZeRO-3's gathered checkpoint loads with from_pretrained, a ZeRO-2 run extended from its checkpoint ends
 where a straight run ends, and a DeepSpeed optimizer section that would decay A_log and D is refused. Needs deepspeed
 (`bash .ci/deepspeed_job` builds an environment with it); skipped without."""
@@ -92,6 +92,16 @@ def test_zero2_and_zero3_with_two_processes_match_one_process_without_deepspeed(
         # The same weights as one process without DeepSpeed, A_log and D included: with weight decay 0.5 a decayed
         # A_log would differ at once. ZeRO-3's checkpoint is the gathered one (stage3_gather_16bit_weights_on_model_save).
         assert_same_weights(workspace / f"zero{zero}", reference)
+
+
+def test_ddp_with_two_processes_matches_one_process(workspace):
+    """The same comparison for plain data parallelism (no DeepSpeed config): `use_cpu: true` under the launcher is
+    DDP over gloo. Here rather than in the default suite for its time (two launches)."""
+    if not (workspace / "plain" / "model.safetensors").exists():
+        assert train(workspace, "plain", 1).returncode == 0
+    run = train(workspace, "ddp", 2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_weights(workspace / "ddp", weights(workspace / "plain"))
 
 
 def test_zero2_run_extended_from_its_checkpoint_ends_where_a_straight_run_ends(workspace):

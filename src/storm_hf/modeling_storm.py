@@ -18,6 +18,7 @@ they can be tested and benchmarked alone; the selective scan lives in `selective
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -259,8 +260,9 @@ def init_mamba_mixer(mixer: "StormMambaMixer", residual_scale: float = 1.0):
         return  # materialised later, when PreTrainedModel initialises the missing weights
     partitioned = [p for p in mixer.parameters() if hasattr(p, "ds_id")]
     if partitioned:  # built inside DeepSpeed ZeRO-3's zero.Init: each rank holds a slice; draw on rank 0, share
-        import deepspeed
-
+        # DeepSpeed is imported already (it partitioned them); no import statement, which transformers' remote-code
+        # loader would turn into a requirement for everyone.
+        deepspeed = sys.modules["deepspeed"]
         with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
             _init_mamba_mixer(mixer, residual_scale)
         return
