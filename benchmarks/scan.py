@@ -322,7 +322,8 @@ def main():
     parser.add_argument("--widths", type=int, nargs="+", metavar="D_INNER",
                         help="only the per-token comparison of the kernel and PyTorch paths at these d_inner")
     parser.add_argument("--ref-max-updates", type=int, default=2**28,
-                        help="--widths: skip selective_scan_ref above this many state updates (length x d_inner x d_state)")
+                        help="--widths: skip selective_scan_ref above this many state updates "
+                             "(length x d_inner x d_state)")
     parser.add_argument("--pytorch-max-updates", type=int, default=2**31,
                         help="--widths: skip the PyTorch path above this many state updates")
     parser.add_argument("--memory-probe", choices=["storm_hf", "loop_ref", "loop_channel", "loop", "mamba_ssm_ref"], help=argparse.SUPPRESS)

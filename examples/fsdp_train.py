@@ -26,8 +26,8 @@ parser.add_argument("--model", default=BUNDLED_MODEL, help="a STORM checkpoint (
 parser.add_argument("--data", help="a JSONL file of video QA records (default: generated clips)")
 parser.add_argument("--video-root", help="folder of the records' videos (default: the data file's folder)")
 parser.add_argument("--output-dir", default="outputs/fsdp")
-parser.add_argument("--steps", type=int, default=3)
-parser.add_argument("--batch-size", type=int, default=4, help="global batch, split over the processes")
+parser.add_argument("--steps", type=int, default=2)
+parser.add_argument("--batch-size", type=int, default=2, help="global batch, split over the processes")
 parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
 args = parser.parse_args()
 
@@ -82,4 +82,5 @@ if rank == 0:
     model.save_pretrained(args.output_dir, state_dict=state)
     processor.save_pretrained(args.output_dir)
     print(f"saved {args.output_dir}")
+dist.barrier()  # every process leaves together
 dist.destroy_process_group()

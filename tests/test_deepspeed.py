@@ -1,8 +1,8 @@
 """`storm-hf train` under DeepSpeed ZeRO-2 and ZeRO-3 (and plain DDP) on a CPU: 2 processes over gloo against one
-process without DeepSpeed at the same global batch (the same weights, A_log and D included: their no-weight-decay group survives
-DeepSpeed), ZeRO-3's gathered checkpoint loads with from_pretrained, a ZeRO-2 run extended from its checkpoint ends
-where a straight run ends, and a DeepSpeed optimizer section that would decay A_log and D is refused. Needs deepspeed
-(`bash .ci/deepspeed_job` builds an environment with it); skipped without."""
+process without DeepSpeed at the same global batch (the same weights, A_log and D included: their no-weight-decay
+group survives DeepSpeed), ZeRO-3's gathered checkpoint loads with from_pretrained, a ZeRO-2 or ZeRO-3 run extended
+from its checkpoint ends where a straight run ends, and a DeepSpeed optimizer section that would decay A_log and D is
+refused. Needs deepspeed (`bash .ci/deepspeed_job` builds an environment with it); skipped without."""
 
 import json
 import os
@@ -90,7 +90,8 @@ def test_zero2_and_zero3_with_two_processes_match_one_process_without_deepspeed(
         assert run.returncode == 0, run.stderr[-3000:]
         assert "trained steps 0 -> 3" in run.stdout
         # The same weights as one process without DeepSpeed, A_log and D included: with weight decay 0.5 a decayed
-        # A_log would differ at once. ZeRO-3's checkpoint is the gathered one (stage3_gather_16bit_weights_on_model_save).
+        # A_log would differ at once. ZeRO-3's checkpoint is the gathered one
+        # (stage3_gather_16bit_weights_on_model_save).
         assert_same_weights(workspace / f"zero{zero}", reference)
 
 
@@ -104,15 +105,16 @@ def test_ddp_with_two_processes_matches_one_process(workspace):
     assert_same_weights(workspace / "ddp", weights(workspace / "plain"))
 
 
-def test_zero2_run_extended_from_its_checkpoint_ends_where_a_straight_run_ends(workspace):
-    straight = train(workspace, "straight", 2, zero=2, max_steps=3)
+@pytest.mark.parametrize("zero", [2, 3])
+def test_run_extended_from_its_checkpoint_ends_where_a_straight_run_ends(workspace, zero):
+    straight = train(workspace, f"straight{zero}", 2, zero=zero, max_steps=3)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    first = train(workspace, "extended", 2, zero=2, max_steps=2)
+    first = train(workspace, f"extended{zero}", 2, zero=zero, max_steps=2)
     assert first.returncode == 0, first.stderr[-3000:]
-    more = train(workspace, "extended", 2, zero=2, max_steps=3)  # constant schedule: extending is allowed
+    more = train(workspace, f"extended{zero}", 2, zero=zero, max_steps=3)  # constant schedule: extending is allowed
     assert more.returncode == 0, more.stderr[-3000:]
     assert "resuming from" in more.stdout and "checkpoint-2" in more.stdout
-    assert_same_weights(workspace / "extended", weights(workspace / "straight"), tolerance=0)
+    assert_same_weights(workspace / f"extended{zero}", weights(workspace / f"straight{zero}"), tolerance=0)
 
 
 def test_a_deepspeed_optimizer_that_would_decay_A_log_and_D_is_refused(workspace):

@@ -114,6 +114,7 @@ if rank == 0:
               "files": sorted(os.listdir(out))}
     json.dump({"losses": losses, "seen": {k: sorted(v) for k, v in seen.items()}, "dtypes": dtypes, "resume": resume},
               open(os.path.join(out, "run.json"), "w"))
+dist.barrier()  # every rank leaves together (a rank tearing gloo down while rank 0 still writes can abort)
 dist.destroy_process_group()
 '''
 

@@ -520,7 +520,10 @@ INLINE void backward_chunk(const scan_args *a, int64_t b, int64_t d0, int64_t w,
     const int64_t D = a->d_inner, N = a->d_state, L = a->length, batch = a->batch, steps = a->steps;
     float G[MAX_STATE * CHUNK], gA[MAX_STATE * CHUNK], start[MAX_STATE * CHUNK], gD[CHUNK], gbias[CHUNK];
     for (int64_t n = 0; n < N; n++)
-        for (int64_t j = 0; j < w; j++) { G[n * CHUNK + j] = a->grad_h[(b * N + n) * D + d0 + j]; gA[n * CHUNK + j] = 0.0f; }
+        for (int64_t j = 0; j < w; j++) {
+            G[n * CHUNK + j] = a->grad_h[(b * N + n) * D + d0 + j];
+            gA[n * CHUNK + j] = 0.0f;
+        }
     for (int64_t j = 0; j < w; j++) { gD[j] = 0.0f; gbias[j] = 0.0f; }
     for (int64_t block = (L - 1) / steps; block >= 0; block--) {
         const int64_t t0 = block * steps, t1 = t0 + steps < L ? t0 + steps : L;
