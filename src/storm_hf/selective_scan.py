@@ -639,7 +639,7 @@ SCAN_TARGETS int storm_scan_backward(const scan_args *a, int64_t first, int64_t 
 """
 
 _kernel_lock = threading.Lock()
-_cpu_kernel_state: dict = {}  # "lib": the loaded library or None once tried; "pool": worker threads
+_cpu_kernel_state: dict = {}  # "lib": the loaded library, or None once tried; "pool": (worker threads, owning pid)
 
 
 def _kernel_cache_dir() -> str:
