@@ -181,6 +181,18 @@ def mixer_figures(length, repeats):
     return forward, median_seconds(train_step, repeats)
 
 
+def patched(module, name, value, run):
+    """``run`` with ``module.name`` set to ``value`` for the duration of each call."""
+    def wrapped():
+        before = getattr(module, name)
+        setattr(module, name, value)
+        try:
+            return run()
+        finally:
+            setattr(module, name, before)
+    return wrapped
+
+
 def under_load(length, loads, repeats):
     import storm_hf.modeling_storm as modeling
     import storm_hf.selective_scan as scan_module
@@ -195,28 +207,13 @@ def under_load(length, loads, repeats):
         return selective_scan_sequential(*args, **kwargs)
 
     def mixer_with(scan):
-        def run():
-            modeling.selective_scan = scan
-            try:
-                return mixer(hidden)
-            finally:
-                modeling.selective_scan = real_scan
-        return run
-
-    def with_threads(setting, run):
-        def wrapped():
-            default, scan_module.CPU_SCAN_THREADS = scan_module.CPU_SCAN_THREADS, setting
-            try:
-                return run()
-            finally:
-                scan_module.CPU_SCAN_THREADS = default
-        return wrapped
+        return patched(modeling, "selective_scan", scan, lambda: mixer(hidden))
 
     scan = lambda: call(selective_scan_torch, x)  # noqa: E731
     arms = {
         "scan storm_hf (threads auto)": scan,
-        "scan storm_hf (1 thread)": with_threads(1, scan),
-        f"scan storm_hf ({torch.get_num_threads()} threads)": with_threads(None, scan),
+        "scan storm_hf (1 thread)": patched(scan_module, "CPU_SCAN_THREADS", 1, scan),
+        f"scan storm_hf ({torch.get_num_threads()} threads)": patched(scan_module, "CPU_SCAN_THREADS", None, scan),
         "loop (contiguous)": lambda: call(selective_scan_sequential, x),
         "loop (mamba_ssm layout)": lambda: call(loop_channel_major, x),
         **({"mamba_ssm selective_scan_ref": (lambda: call(reference, x))} if reference is not None else {}),
@@ -258,15 +255,6 @@ def width_figures(widths, lengths, repeats, ref_max_updates, pytorch_max_updates
     print("us per token | scan fwd: kernel / pytorch / ref | layer fwd: kernel / pytorch | layer fwd+bwd: kernel / "
           "pytorch")
 
-    def with_path(path, run):
-        def wrapped():
-            before, scan_module.CPU_SCAN_KERNEL = scan_module.CPU_SCAN_KERNEL, path
-            try:
-                return run()
-            finally:
-                scan_module.CPU_SCAN_KERNEL = before
-        return wrapped
-
     for d_inner in widths:
         config = StormConfig(text_config=dict(model_type="qwen2", hidden_size=d_inner // 2, num_attention_heads=1,
                                               num_key_value_heads=1, intermediate_size=8, num_hidden_layers=1,
@@ -281,17 +269,17 @@ def width_figures(widths, lengths, repeats, ref_max_updates, pytorch_max_updates
             for name, path in arms:
                 if name == "pytorch" and updates > pytorch_max_updates:
                     continue
+                on_path = lambda run: patched(scan_module, "CPU_SCAN_KERNEL", path, run)  # noqa: E731
                 with torch.no_grad():
-                    row[f"scan {name}"] = median_seconds(with_path(path, lambda: call(selective_scan_torch, x)),
-                                                         repeats)
-                    row[f"layer {name}"] = median_seconds(with_path(path, lambda: layer(hidden)), repeats)
+                    row[f"scan {name}"] = median_seconds(on_path(lambda: call(selective_scan_torch, x)), repeats)
+                    row[f"layer {name}"] = median_seconds(on_path(lambda: layer(hidden)), repeats)
                 leaf = hidden.clone().requires_grad_()
 
                 def train_step():
                     layer.zero_grad(set_to_none=True)
                     layer(leaf).sum().backward()
 
-                row[f"train {name}"] = median_seconds(with_path(path, train_step), repeats)
+                row[f"train {name}"] = median_seconds(on_path(train_step), repeats)
             if reference is not None and updates <= ref_max_updates:
                 with torch.no_grad():
                     row["scan ref"] = median_seconds(lambda: call(reference, x), repeats)

@@ -9,6 +9,7 @@ Every process takes its share of each global batch (--batch-size, divided by the
 """
 
 import argparse
+import json
 import os
 
 import torch
@@ -50,9 +51,9 @@ if data is None:  # a few generated clips of a square moving left or right, in t
                 path = os.path.join("clips", f"{i}.mp4")
                 write_clip(os.path.join(os.path.dirname(data), path), num_frames=16, size=48, fps=8,
                            direction=direction)
-                f.write('{"video": "%s", "messages": [{"role": "user", "content": [{"type": "video"}, {"type": '
-                        '"text", "text": "Which way does the square move?"}]}, {"role": "assistant", "content": '
-                        '"%s"}]}\n' % (path, direction))
+                question = [{"type": "video"}, {"type": "text", "text": "Which way does the square move?"}]
+                f.write(json.dumps({"video": path, "messages": [{"role": "user", "content": question},
+                                                                {"role": "assistant", "content": direction}]}) + "\n")
     dist.barrier()
 
 processor = StormProcessor.from_pretrained(args.model)

@@ -688,8 +688,8 @@ def _compile_cpu_kernel() -> str:
 
 
 def _load_cpu_kernel():
-    """The compiled library with its argument types, after a check against the PyTorch path; None when it
-    cannot be built or disagrees (a warning says why, once per process)."""
+    """The compiled library (built or taken from the cache) with its entry points' argument types. Raises when it
+    cannot be built or loaded; `_cpu_kernel` checks it and falls back."""
     library = ctypes.CDLL(_compile_cpu_kernel())
     for entry in (library.storm_scan_forward, library.storm_scan_backward):
         entry.restype = ctypes.c_int
@@ -790,13 +790,20 @@ class _ScanArgs(ctypes.Structure):
 
 def _scan_args(u, delta, A_t, B, C, D, z, delta_bias, softplus, steps, **outputs) -> _ScanArgs:
     """The kernel's arguments. Sequences are read where they are, with their strides (the scan ops get time-major
-    views of the model's tensors: nothing is copied); B and C need unit stride over d_state (`_unit_rows`); the
-    rest is contiguous fp32."""
+    views of the model's tensors: nothing is copied); B, C, D and delta_bias get unit stride inside their rows where
+    they lack it, A_t is made contiguous, and an absent D or delta_bias is passed as zeros (the kernel's loops read
+    them without a branch). The keyword tensors (states, outputs) must be contiguous. Every tensor the pointers point
+    into stays referenced by the returned structure, so none is freed before the kernel returns."""
     length, batch, d_inner = u.shape
+    B, C, D, delta_bias = _unit_rows(B, C, D, delta_bias)
+    D = u.new_zeros(d_inner) if D is None else D
+    delta_bias = u.new_zeros(d_inner) if delta_bias is None else delta_bias
+    A_t = A_t.contiguous()
     arguments = _ScanArgs(length=length, batch=batch, d_inner=d_inner, d_state=A_t.shape[0], steps=steps,
                           softplus=int(softplus), chunks_per_group=outputs.pop("chunks_per_group", 1))
-    for name, tensor in (("u", u), ("delta", delta), ("z", z), ("B", B), ("C", C),
-                         ("grad_out", outputs.pop("grad_out", None))):
+    sequences = (("u", u), ("delta", delta), ("z", z), ("B", B), ("C", C), ("grad_out", outputs.pop("grad_out", None)))
+    arguments.tensors = (*(t for _, t in sequences), A_t, D, delta_bias, *outputs.values())  # alive while it is
+    for name, tensor in sequences:
         if tensor is not None:
             prefix = "g" if name == "grad_out" else name
             setattr(arguments, name, tensor.data_ptr())
@@ -810,11 +817,6 @@ def _scan_args(u, delta, A_t, B, C, D, z, delta_bias, softplus, steps, **outputs
     return arguments
 
 
-def _zeros_for_none(tensor, like, size):
-    """The kernel always reads D and delta_bias (branch-free loops): zeros stand for an absent one."""
-    return like.new_zeros(size) if tensor is None else tensor
-
-
 def _unit_rows(*tensors):
     """The tensors with unit stride inside their rows (what the kernel needs of B, C, D and delta_bias), each copied
     only when it lacks it; None stays None."""
@@ -824,14 +826,11 @@ def _unit_rows(*tensors):
 def _kernel_scan_forward(library, u, delta, A_t, B, C, D, z, delta_bias, h0, softplus, steps, block_starts=None):
     """`_scan_forward` in ``library`` (the compiled kernel): same arguments, plus the block length ``steps`` the
     stored block states follow; sequences may be strided views (see `_scan_args`)."""
-    B, C, D, delta_bias = _unit_rows(B, C, D, delta_bias)
     length, batch, d_inner = u.shape
     out = u.new_empty(length, batch, d_inner)
     h_last = u.new_empty(batch, A_t.shape[0], d_inner)
-    A_t, h0 = A_t.contiguous(), h0.contiguous()  # kept referenced until the kernel returns
-    D, delta_bias = _zeros_for_none(D, u, d_inner), _zeros_for_none(delta_bias, u, d_inner)
-    arguments = _scan_args(u, delta, A_t, B, C, D, z, delta_bias, softplus, steps, h0=h0, out=out, h_last=h_last,
-                           block_starts=block_starts)
+    arguments = _scan_args(u, delta, A_t, B, C, D, z, delta_bias, softplus, steps, h0=h0.contiguous(), out=out,
+                           h_last=h_last, block_starts=block_starts)
     _run_items(library.storm_scan_forward, arguments, batch * -(-d_inner // _KERNEL_CHUNK))
     return out, h_last
 
@@ -840,11 +839,11 @@ def _kernel_scan_backward(library, grad_out, grad_h_last, u, delta, A_t, B, C, D
                           softplus, steps):
     """`_scan_backward` in ``library`` (the compiled kernel): same arguments and returns; sequences may be strided
     views (see `_scan_args`)."""
-    B, C, D, delta_bias = _unit_rows(B, C, D, delta_bias)
     length, batch, d_inner = u.shape
     d_state = A_t.shape[0]
     grad_out = u.new_zeros(length, batch, d_inner) if grad_out is None else grad_out
-    grad_h = u.new_zeros(batch, d_state, d_inner) if grad_h_last is None else grad_h_last.contiguous().clone()
+    grad_h = (u.new_zeros(batch, d_state, d_inner) if grad_h_last is None  # dL/dh_last in, dL/dh0 out, in place
+              else grad_h_last.clone(memory_format=torch.contiguous_format))
     chunks = -(-d_inner // _KERNEL_CHUNK)
     # Work items are (batch row, group of chunks); each group adds into its own copy of dL/dB and dL/dC (summed
     # below), so there are only as many groups as the threads need.
@@ -858,10 +857,9 @@ def _kernel_scan_backward(library, grad_out, grad_h_last, u, delta, A_t, B, C, D
                  grad_bias_rows=None if delta_bias is None else new(batch, d_inner),
                  grad_B_parts=u.new_zeros(groups, length, batch, d_state),
                  grad_C_parts=u.new_zeros(groups, length, batch, d_state))
-    A_t, block_starts = A_t.contiguous(), block_starts.contiguous()  # kept referenced until the kernel returns
-    D_or_zeros, bias_or_zeros = _zeros_for_none(D, u, d_inner), _zeros_for_none(delta_bias, u, d_inner)
-    arguments = _scan_args(u, delta, A_t, B, C, D_or_zeros, z, bias_or_zeros, softplus, steps, grad_out=grad_out,
-                           chunks_per_group=chunks_per_group, block_starts=block_starts, grad_h=grad_h, **grads)
+    arguments = _scan_args(u, delta, A_t, B, C, D, z, delta_bias, softplus, steps, grad_out=grad_out,
+                           chunks_per_group=chunks_per_group, block_starts=block_starts.contiguous(), grad_h=grad_h,
+                           **grads)
     _run_items(library.storm_scan_backward, arguments, batch * groups)
     grad_D = None if D is None else grads["grad_D_rows"].sum(0)
     grad_bias = None if delta_bias is None else grads["grad_bias_rows"].sum(0)
