@@ -207,12 +207,17 @@ def test_exported_program_with_a_video_equals_eager(with_frame_counts):
 
 
 def test_a_log_and_d_stay_fp32_on_every_path(tmp_path):
-    model = tiny_model().to(torch.bfloat16)
+    model = tiny_model()
+    fp32 = {name: value.clone() for name, value in model.state_dict().items() if name.endswith(("A_log", ".D"))}
+    model.to(torch.bfloat16)
     mixers = [m for m in model.modules() if isinstance(m, StormMambaMixer)]
     assert mixers and all(m.A_log.dtype == m.D.dtype == torch.float32 for m in mixers)
     assert all(m.in_proj.weight.dtype == torch.bfloat16 for m in mixers)
     model.half()
     assert all(m.A_log.dtype == torch.float32 for m in mixers)
+    # Their values too, not a round trip through bf16 / fp16 (DeepSpeed's bf16 master weights start from these).
+    state = model.state_dict()
+    assert all(torch.equal(state[name], value) for name, value in fp32.items())
     model.float().save_pretrained(tmp_path)
     loaded = StormForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert all(m.A_log.dtype == m.D.dtype == torch.float32 for m in loaded.modules() if isinstance(m, StormMambaMixer))

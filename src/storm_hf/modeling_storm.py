@@ -369,11 +369,16 @@ class StormMambaMixer(nn.Module):
         init_mamba_mixer(self)
 
     def _apply(self, fn, recurse=True):
-        # A_log and D stay fp32 through .to(dtype) / .half() / .bfloat16(): exp(A) and the D skip need it.
+        # A_log and D stay fp32 through .to(dtype) / .half() / .bfloat16(): exp(A) and the D skip need it. Their
+        # fp32 values are kept from before the conversion (a round trip through bf16 would keep the dtype and lose
+        # the digits) and moved to wherever the conversion put them.
+        before = {name: getattr(self, name).data for name in ("A_log", "D")}
         super()._apply(fn, recurse)
-        for parameter in (self.A_log, self.D):
+        for name, values in before.items():
+            parameter = getattr(self, name)
             if parameter.dtype != torch.float32:
-                parameter.data = parameter.data.float()
+                fp32 = values if values.dtype == torch.float32 else parameter.data
+                parameter.data = fp32.to(device=parameter.device, dtype=torch.float32)
         return self
 
     def init_state(self, batch_size: int, device=None) -> MambaMixerState:
