@@ -24,6 +24,11 @@ from .configuration_storm import StormConfig
 _REPLACED_WEIGHTS = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
 
 
+def _model_class(cls: type) -> type:
+    """``cls``, or for a class torch made around a model (FSDP2's `FSDP<Name>` subclass) the model class it wraps."""
+    return next(c for c in cls.__mro__ if not c.__module__.startswith("torch."))
+
+
 class StormCheckpointMixin:
     """Saving, loading and publishing; mixed into `StormPreTrainedModel` before `PreTrainedModel`."""
 
@@ -53,13 +58,13 @@ class StormCheckpointMixin:
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
         target = os.path.abspath(save_directory)
         if kwargs.get("push_to_hub") or not os.path.isdir(target) or not os.listdir(target):
-            return super().save_pretrained(save_directory, *args, **kwargs)
+            return self._save_with_remote_code(save_directory, *args, **kwargs)
         parent = os.path.dirname(target)
         staging = tempfile.mkdtemp(prefix=os.path.basename(target) + ".saving-", dir=parent)
         previous = os.path.join(parent, os.path.basename(staging).replace(".saving-", ".previous-"))
         carried = []  # entries moved from the folder into the staging folder
         try:
-            result = super().save_pretrained(staging, *args, **kwargs)
+            result = self._save_with_remote_code(staging, *args, **kwargs)
             written = set(os.listdir(staging))
             for name in sorted(os.listdir(target)):
                 if name not in written and not _REPLACED_WEIGHTS.match(name):
@@ -77,6 +82,22 @@ class StormCheckpointMixin:
             raise
         shutil.rmtree(previous, ignore_errors=True)  # only what the new save replaced
         return result
+
+    def _save_with_remote_code(self, save_directory, *args, **kwargs):
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        model_class = _model_class(type(self))
+        if model_class is not type(self) and kwargs.get("is_main_process", True):
+            from transformers.dynamic_module_utils import custom_object_save
+
+            custom_object_save(model_class, save_directory)  # its file and the files it imports; auto_map is set
+        return result
+
+    @classmethod
+    def is_remote_code(cls) -> bool:
+        # FSDP2's `fully_shard` gives a sharded model a class of torch's making (FSDPStormForConditionalGeneration,
+        # defined in torch.distributed.fsdp): transformers would save torch's FSDP files as the remote code and
+        # name them in auto_map. For such a class `_save_with_remote_code` saves the Storm class's code instead.
+        return super().is_remote_code() and _model_class(cls) is cls
 
     def model_card(self, repo_id: str, base_models: list[str] | None = None) -> str:
         """The README.md `push_to_hub` uploads: Hub metadata (library, pipeline tag, base models, tags), the
