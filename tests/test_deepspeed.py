@@ -5,44 +5,43 @@ from its checkpoint ends where a straight run ends, and a DeepSpeed optimizer se
 refused. Needs deepspeed (`bash .ci/deepspeed_job` builds an environment with it); skipped without."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-import yaml
 
 deepspeed = pytest.importorskip("deepspeed", reason="needs deepspeed (bash .ci/deepspeed_job)")
 
-from storm_hf import StormConfig, StormForConditionalGeneration, StormProcessor  # noqa: E402
-from storm_hf.miniature.tiny import word_tokenizer, write_clip  # noqa: E402
+from storm_hf import StormForConditionalGeneration  # noqa: E402
+from .conftest import launch_train, write_square_clips_job  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """Generated clips of a square moving left or right, and a tiny random-weight STORM with its processor."""
     root = tmp_path_factory.mktemp("deepspeed")
-    (root / "clips").mkdir()
-    records = []
-    for i in range(8):
-        direction = "right" if i % 2 == 0 else "left"
-        write_clip(str(root / "clips" / f"{i}.mp4"), num_frames=16, size=32, fps=8, direction=direction)
-        records.append({"video": f"clips/{i}.mp4", "messages": [
-            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "where does the square move ?"}]},
-            {"role": "assistant", "content": f"the square moves {direction}"}]})
-    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-    config = StormConfig.from_preset("tiny")
-    torch.manual_seed(0)
-    StormForConditionalGeneration(config).save_pretrained(root / "model")
-    tokenizer = word_tokenizer("where does the square move moves left right ?".split())
-    StormProcessor.from_config(config, tokenizer=tokenizer).save_pretrained(root / "model")
+    write_square_clips_job(root)
     return root
 
 
-def train(root, name, processes, zero=None, max_steps=3, optimizer_section=None):
+# `storm-hf train`, recording what the temporal mixers saw into <job>.seen-<rank>.json.
+RECORDING_WORKER = r'''
+import json, os, sys
+from storm_hf.modeling_storm import StormMambaMixer
+seen = set()
+real_ssm = StormMambaMixer._ssm
+def recording(self, x, *args, **kwargs):  # x: in_proj's output, in the projections' compute dtype
+    seen.add((str(self.A_log.dtype), str(self.D.dtype), str(x.dtype)))
+    return real_ssm(self, x, *args, **kwargs)
+StormMambaMixer._ssm = recording
+from storm_hf.training.job import main
+main(sys.argv[1:])
+with open(sys.argv[1][:-len(".yaml")] + f".seen-{os.environ['RANK']}.json", "w") as f:
+    json.dump(sorted(seen), f)
+'''
+
+
+def train(root, name, processes, zero=None, max_steps=3, optimizer_section=None, bf16=False):
     """`storm-hf train` of the tiny model on the clips, global batch 4, under torch's launcher; returns the run."""
-    training = {"output_dir": str(root / name), "max_steps": max_steps, "per_device_train_batch_size": 4 // processes,
+    training = {"max_steps": max_steps, "per_device_train_batch_size": 4 // processes, "bf16": bf16,
                 # SGD: Adam would turn the ~0 gradients of parameters the loss does not depend on (attention key
                 # biases) into lr-sized steps whose sign is rounding noise, different in every run.
                 "optim": "sgd", "learning_rate": 0.2, "weight_decay": 0.5, "lr_scheduler_type": "constant",
@@ -55,15 +54,15 @@ def train(root, name, processes, zero=None, max_steps=3, optimizer_section=None)
             ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
         if optimizer_section:
             ds["optimizer"] = optimizer_section
+        if bf16:
+            ds["bf16"] = {"enabled": "auto"}
         (root / f"{name}-ds.json").write_text(json.dumps(ds))
         training["deepspeed"] = str(root / f"{name}-ds.json")
-    job = {"model": str(root / "model"), "train_file": str(root / "train.jsonl"), "video_root": str(root),
-           "num_frames": 4, "stage": "sft", "training": training}
-    (root / f"{name}.yaml").write_text(yaml.safe_dump(job))
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={processes}", "-m", "storm_hf", "train", str(root / f"{name}.yaml")],
-                          capture_output=True, text=True, timeout=600, env=env)
+    if bf16:
+        (root / "recording_worker.py").write_text(RECORDING_WORKER)
+        return launch_train(root, name, processes, training, entry=(str(root / "recording_worker.py"),),
+                            env={"DS_ACCELERATOR": "cpu"})
+    return launch_train(root, name, processes, training, env={"DS_ACCELERATOR": "cpu"})
 
 
 def weights(folder):
@@ -123,3 +122,22 @@ def test_a_deepspeed_optimizer_that_would_decay_A_log_and_D_is_refused(workspace
     assert run.returncode != 0
     assert "A_log and D" in run.stderr + run.stdout and "Remove the \"optimizer\" section" in run.stderr + run.stdout
     assert not (workspace / "refused" / "model.safetensors").exists()
+
+
+def test_bf16_under_zero2_and_zero3_trains_and_says_what_happens_to_A_log_and_D(workspace):
+    """DeepSpeed casts every parameter to bf16 when it starts (it keeps only buffers fp32). ZeRO-2 flattens each
+    parameter group into one buffer: with A_log and D (kept fp32 by the mixers) in the group of the biases and norms,
+    that group was promoted to fp32 and the run failed ("self and mat2 must have the same dtype"); they have groups
+    of their own now and reach the scan as fp32. Under ZeRO-3 the mixers get bf16 copies. The run says both."""
+    if not (workspace / "plain" / "model.safetensors").exists():
+        assert train(workspace, "plain", 1).returncode == 0
+    reference = weights(workspace / "plain")
+    for zero, expected in ((2, ["torch.float32", "torch.float32", "torch.bfloat16"]), (3, ["torch.bfloat16"] * 3)):
+        run = train(workspace, f"bf16-zero{zero}", 2, zero=zero, bf16=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "trained steps 0 -> 3" in run.stdout and "A_log and D are rounded to it once" in run.stdout
+        for rank in range(2):
+            assert json.load(open(workspace / f"bf16-zero{zero}.seen-{rank}.json")) == [expected]
+        got = weights(workspace / f"bf16-zero{zero}")
+        for key, value in reference.items():  # bf16 training of the same steps; weight decay 0.5 kept off A_log, D
+            torch.testing.assert_close(got[key].float(), value, rtol=5e-2, atol=5e-2, msg=key)

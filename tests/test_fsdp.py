@@ -1,8 +1,15 @@
-"""FSDP2 (`storm_hf.training.fsdp`) on CPU: 2 processes over gloo, launched by torch's own launcher
-(`python -m torch.distributed.run`, what accelerate runs on GPUs underneath), against one process training the
-unsharded model on the same global batch; A_log and D reach the scan as fp32 under bf16 mixed precision; the
-gathered full state dict saves with save_pretrained and loads with from_pretrained; a sharded training state
-(model and optimizer) saved mid-run resumes exactly."""
+"""FSDP2 on CPU, 2 processes over gloo under torch's own launcher (`python -m torch.distributed.run`, what accelerate
+runs on GPUs underneath), against one process training the unsharded model on the same global batch.
+
+- `storm_hf.training.fsdp` in a loop of our own: A_log and D reach the scan as fp32 under bf16 mixed precision; the
+  gathered full state dict saves with save_pretrained (with the remote code) and loads with from_pretrained; a
+  sharded training state (model and optimizer) saved mid-run resumes exactly.
+- `storm-hf train` with `fsdp` in its TrainingArguments, through Trainer and accelerate's own FSDP2 code
+  (`fsdp2_prepare_model`, full-state-dict saves, FSDP checkpoints): the same weights as one process, A_log and D fp32
+  under bf16, an exact resume from Trainer's FSDP checkpoint. accelerate switches to FSDP only for GPU-like
+  distributed types, so the worker sets on CPU processes the state accelerate sets on GPUs (distributed type FSDP
+  and the plugin); nothing else of accelerate or Trainer is changed.
+"""
 
 import json
 import os
@@ -13,6 +20,8 @@ import pytest
 import torch
 
 from storm_hf import StormForConditionalGeneration
+
+from .conftest import launch_train, write_square_clips_job
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,8 +154,147 @@ def test_fsdp2_two_processes_match_one_and_keep_A_log_and_D_fp32(tmp_path):
     assert reference[-1] < reference[0]  # it trained
 
     one = StormForConditionalGeneration.from_pretrained(out / "one-process").state_dict()
+    for name in ("fp32", "bf16"):
+        assert_remote_code_saved(out / name)
     for name, tolerance in (("fp32", 1e-4), ("bf16", 5e-2)):
         loaded = StormForConditionalGeneration.from_pretrained(out / name).state_dict()
         assert list(loaded) == list(one)  # the model's own keys (and mamba_ssm's names inside the mixers)
         for key in one:
             torch.testing.assert_close(loaded[key], one[key], rtol=tolerance, atol=tolerance, msg=f"{name}: {key}")
+
+
+def assert_remote_code_saved(folder):
+    """A folder saved from a sharded model carries STORM's remote code, not torch's FSDP files (FSDP2 gives the model
+    a class defined in torch, which transformers would save as the model's code)."""
+    files = os.listdir(folder)
+    assert {"modeling_storm.py", "configuration_storm.py", "selective_scan.py"} <= set(files)
+    assert not [name for name in files if name.startswith("_fsdp")]
+    auto_map = json.load(open(os.path.join(folder, "config.json")))["auto_map"]
+    assert auto_map["AutoModelForImageTextToText"] == "modeling_storm.StormForConditionalGeneration"
+
+
+# `storm-hf train` with accelerate's FSDP on CPU processes (see the module docstring), recording what the temporal
+# mixers saw into <job>.seen-<rank>.json.
+ACCELERATE_WORKER = r'''
+import json, os, sys
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType
+
+accelerate_init = AcceleratorState.__init__
+def init_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
+    accelerate_init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+    if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        if self._mixed_precision != "no":
+            fsdp_plugin.set_mixed_precision(self._mixed_precision)
+        self.fsdp_plugin = fsdp_plugin
+AcceleratorState.__init__ = init_with_fsdp_on_cpu
+
+from storm_hf.modeling_storm import StormMambaMixer
+seen = set()
+real_ssm = StormMambaMixer._ssm
+def recording(self, x, *args, **kwargs):  # x: in_proj's output, in the projections' compute dtype
+    seen.add((str(self.A_log.dtype), str(self.D.dtype), str(x.dtype)))
+    return real_ssm(self, x, *args, **kwargs)
+StormMambaMixer._ssm = recording
+
+from storm_hf.training.job import main
+main(sys.argv[1:])
+with open(sys.argv[1][:-len(".yaml")] + f".seen-{os.environ['RANK']}.json", "w") as f:
+    json.dump(sorted(seen), f)
+'''
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("accelerate-fsdp")
+    write_square_clips_job(root)
+    (root / "worker.py").write_text(ACCELERATE_WORKER)
+    return root
+
+
+def train(root, name, processes, fsdp=True, bf16=False, optim="sgd", max_steps=3):
+    """`storm-hf train`, global batch 4 over ``processes`` processes, with FSDP2 in TrainingArguments (transformers'
+    default fsdp_config) when ``fsdp``; returns the finished launch and what each rank's mixers saw."""
+    # SGD against one process: Adam would turn the ~0 gradients of parameters the loss does not depend on (attention
+    # key biases) into lr-sized steps whose sign is rounding noise, different in every run.
+    training = {"max_steps": max_steps, "per_device_train_batch_size": 4 // processes, "optim": optim,
+                "learning_rate": 0.2 if optim == "sgd" else 1e-2, "lr_scheduler_type": "constant", "save_steps": 2,
+                "logging_steps": 1, "use_cpu": True, "seed": 0, "bf16": bf16}
+    if fsdp:
+        training.update(fsdp="full_shard auto_wrap", fsdp_config={"version": 2})
+    done = launch_train(root, name, processes, training, entry=(str(root / "worker.py"),))
+    assert done.returncode == 0, done.stderr[-4000:]
+    seen = [json.load(open(root / f"{name}.seen-{rank}.json")) for rank in range(processes)]
+    return done, seen
+
+
+def weights(folder):
+    return StormForConditionalGeneration.from_pretrained(folder).state_dict()
+
+
+def test_storm_hf_train_under_accelerate_fsdp2_matches_one_process_and_keeps_A_log_and_D_fp32(workspace):
+    train(workspace, "one-process", 1, fsdp=False)
+    done, seen = train(workspace, "fsdp", 2)
+    assert "trained steps 0 -> 3" in done.stdout
+    assert seen == [[["torch.float32", "torch.float32", "torch.float32"]]] * 2
+    assert_remote_code_saved(workspace / "fsdp")
+    assert "pytorch_model_fsdp.bin" in os.listdir(workspace / "fsdp" / "checkpoint-2")  # Trainer's FSDP checkpoint
+    reference = weights(workspace / "one-process")
+    got = weights(workspace / "fsdp")
+    assert list(got) == list(reference)
+    for key, value in reference.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-5, msg=key)
+
+
+def test_storm_hf_train_under_accelerate_fsdp2_bf16_keeps_A_log_and_D_fp32_and_resumes_exactly(workspace):
+    """bf16 mixed precision: StormTrainer shards the mixers (A_log and D in an fp32 unit) before accelerate shards the
+    rest with its bf16 policy; without that the mixers see bf16 A_log and D. AdamW run for 3 steps straight, against
+    2 steps and then 3 from Trainer's FSDP checkpoint (model and optimizer shards): bit for bit the same weights."""
+    _, seen = train(workspace, "bf16-straight", 2, bf16=True, optim="adamw_torch")
+    assert seen == [[["torch.float32", "torch.float32", "torch.bfloat16"]]] * 2
+    train(workspace, "bf16-extended", 2, bf16=True, optim="adamw_torch", max_steps=2)
+    done, _ = train(workspace, "bf16-extended", 2, bf16=True, optim="adamw_torch", max_steps=3)
+    assert "resuming from" in done.stdout and "checkpoint-2" in done.stdout
+    straight, extended = weights(workspace / "bf16-straight"), weights(workspace / "bf16-extended")
+    assert {str(value.dtype) for value in straight.values()} == {"torch.float32"}
+    for key, value in straight.items():
+        assert torch.equal(extended[key], value), key
+
+
+@pytest.mark.parametrize("version, cpu_ram_efficient_loading, refused", [
+    (1, False, "FSDP version 1 with mixed precision"), (2, True, "cpu_ram_efficient_loading: false"), (2, False, None)])
+def test_fsdp_setups_that_would_cast_A_log_and_D_are_refused(version, cpu_ram_efficient_loading, refused):
+    """What StormTrainer checks when it is created under accelerate's FSDP with bf16 mixed precision."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from storm_hf.training.job import _check_fsdp
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=version, cpu_ram_efficient_loading=cpu_ram_efficient_loading)
+    plugin.set_mixed_precision("bf16")
+    accelerator = SimpleNamespace(state=SimpleNamespace(distributed_type=DistributedType.FSDP, fsdp_plugin=plugin))
+    if refused:
+        with pytest.raises(ValueError, match=refused):
+            _check_fsdp(accelerator)
+    else:
+        _check_fsdp(accelerator)
+
+
+def test_fsdp_asked_for_where_accelerate_runs_without_it_is_said():
+    """On CPU processes accelerate runs a job configured for FSDP as DDP, without a word: storm-hf train says so."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from storm_hf.training.job import _fsdp_fallback
+
+    def accelerator(kind, plugin=None):
+        return SimpleNamespace(state=SimpleNamespace(distributed_type=kind, fsdp_plugin=plugin))
+
+    note = _fsdp_fallback(SimpleNamespace(fsdp=True), accelerator(DistributedType.MULTI_CPU))
+    assert "FSDP was asked for" in note and "MULTI_CPU" in note and "not sharded" in note
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    assert _fsdp_fallback(SimpleNamespace(fsdp=True), accelerator(DistributedType.FSDP, plugin)) is None
+    assert _fsdp_fallback(SimpleNamespace(fsdp=False), accelerator(DistributedType.MULTI_CPU)) is None

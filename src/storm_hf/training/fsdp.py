@@ -21,7 +21,9 @@ stay the model's (and mamba_ssm's), and a full state dict saves with `save_pretr
     save_training_state("step-100", model, optimizer)  # shards of the model and optimizer, to resume exactly
     load_training_state("step-100", model, optimizer)
 
-Tested on CPU with 2 processes over gloo (tests/test_fsdp.py); on GPUs the same calls run over NCCL.
+Under Trainer / accelerate FSDP2 (`storm-hf train` with `fsdp` in its TrainingArguments), `StormTrainer` calls
+`shard_temporal_mixers` with accelerate's policy before accelerate shards the rest of the model (it skips modules
+already sharded). Tested on CPU with 2 processes over gloo (tests/test_fsdp.py); on GPUs the same calls run over NCCL.
 """
 
 from __future__ import annotations
@@ -50,20 +52,33 @@ def _fp32_mixer_policy():
     return MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
 
 
+def shard_temporal_mixers(model: nn.Module, mp_policy=None, **fully_shard_options) -> nn.Module:
+    """Shard every temporal mixer of ``model`` in place with FSDP2: its projections and convolution as units of their
+    own with ``mp_policy``, then the mixer itself, holding only `A_log` and `D`, with an fp32 policy. The rest of the
+    model is left for the caller (`shard_model`) or for accelerate (`StormTrainer` calls this before accelerate's
+    FSDP2 preparation, which skips modules already sharded). ``fully_shard_options``: `mesh`,
+    `reshard_after_forward`, `offload_policy`, as `fully_shard` takes them. Mixers already sharded are left."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp_policy = mp_policy if mp_policy is not None else MixedPrecisionPolicy()
+    for mixer in [m for m in model.modules() if isinstance(m, StormMambaMixer) and not _is_sharded(m)]:
+        for part in (mixer.in_proj, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.out_proj):
+            if part is not None:
+                fully_shard(part, mp_policy=mp_policy, **fully_shard_options)
+        fully_shard(mixer, mp_policy=_fp32_mixer_policy(), **fully_shard_options)
+    return model
+
+
 def shard_model(model: nn.Module, mp_policy=None, mesh=None, reshard_after_forward: bool = True) -> nn.Module:
     """Shard ``model`` in place with FSDP2 (`fully_shard`) over ``mesh`` (default: the whole default process group)
-    and return it: each temporal mixer's projections and convolution with ``mp_policy``, the mixer itself (A_log,
-    D) with an fp32 policy, then every layer of `fsdp_wrap_classes` and the root with ``mp_policy``. Call it after
+    and return it: the temporal mixers as `shard_temporal_mixers` does (A_log and D with an fp32 policy), then every
+    layer of `fsdp_wrap_classes` and the root with ``mp_policy``. Call it after
     `torch.distributed.init_process_group`, before creating the optimizer."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp_policy = mp_policy if mp_policy is not None else MixedPrecisionPolicy()
     options = dict(mesh=mesh, reshard_after_forward=reshard_after_forward)
-    for mixer in [m for m in model.modules() if isinstance(m, StormMambaMixer)]:
-        for part in (mixer.in_proj, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.out_proj):
-            if part is not None:
-                fully_shard(part, mp_policy=mp_policy, **options)
-        fully_shard(mixer, mp_policy=_fp32_mixer_policy(), **options)
+    shard_temporal_mixers(model, mp_policy, **options)
     wrap = fsdp_wrap_classes(model)
     # Children before parents: a unit holds the parameters no unit below it holds.
     for module in reversed(list(model.modules())):

@@ -43,9 +43,11 @@ num_frames or stage, unless `resume_with_changes: true`. `resume: false` trains 
 
 Under `accelerate launch --multi_gpu --num_processes N -m storm_hf train CONFIG` the same job runs data-parallel
 (DDP), with per_device_train_batch_size per process; `training: {deepspeed: ds.json}` runs it under DeepSpeed ZeRO
-(a config whose "optimizer" section decays weights is refused: DeepSpeed would decay A_log and D). FSDP2 with A_log and
-D kept fp32 under mixed precision is `storm_hf.training.fsdp.shard_model` in a loop of your own
-(examples/fsdp_train.py); see the README's engine table in "Fine-tuning".
+(a config whose "optimizer" section decays weights is refused: DeepSpeed would decay A_log and D), and
+`training: {fsdp: "full_shard auto_wrap", fsdp_config: {version: 2}}` under FSDP2, where with mixed precision the
+temporal mixers are sharded first with A_log and D kept fp32 (FSDP1 with mixed precision is refused). In a loop of
+your own, `storm_hf.training.fsdp.shard_model` does the same (examples/fsdp_train.py); see the README's engine table
+in "Fine-tuning".
 """
 
 from __future__ import annotations
@@ -224,25 +226,41 @@ class StormTrainer(Trainer):
     schedule_check = None
     part_learning_rates: dict | None = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_fsdp(self.accelerator)
+
     def create_optimizer(self, model=None):
         """Trainer's optimizer; with `part_learning_rates` ({part: peak learning rate}) each parameter group is
         split by part, so that a part (e.g. a new temporal encoder next to a pretrained LLM) follows the same
-        schedule from its own peak."""
-        if self.optimizer is not None or not self.part_learning_rates:
+        schedule from its own peak. Under DeepSpeed with bf16 or fp16, `A_log` and `D` get groups of their own.
+        Under FSDP2 with mixed precision (Trainer creates the optimizer just before accelerate shards the model)
+        the temporal mixers are sharded first, A_log and D in an fp32 unit of their own."""
+        if self.optimizer is None:
+            _shard_temporal_mixers_for_accelerate(self.accelerator, self.model)
+        if self.optimizer is not None:
             return super().create_optimizer(model)
-        from .data import parameter_part
-
         optimizer = super().create_optimizer(model)
         opt_model = self.model if model is None else model
-        part_of = {id(parameter): parameter_part(name, self.part_learning_rates)
-                   for name, parameter in opt_model.named_parameters()}
+        parts = self.part_learning_rates or {}
+        # DeepSpeed casts every parameter to bf16 / fp16 and then moves the model, which turns A_log and D back to
+        # fp32 (the mixers keep them so); ZeRO then flattens each parameter group into one buffer: a group mixing
+        # them with 16-bit parameters is promoted to fp32 whole, and its biases and norms feed fp32 activations into
+        # bf16 layers ("self and mat2 must have the same dtype").
+        own_groups = no_weight_decay_parameter_names(opt_model) if _deepspeed_casts_the_model(self.args) else set()
+        if not parts and not own_groups:
+            return optimizer
+        from .data import parameter_part
+
+        key_of = {id(parameter): (parameter_part(name, parts), name in own_groups)
+                  for name, parameter in opt_model.named_parameters()}
         groups = []
         for group in optimizer.param_groups:
             settings = {key: value for key, value in group.items() if key != "params"}
-            for part in (None, *self.part_learning_rates):
-                params = [p for p in group["params"] if part_of.get(id(p)) == part]
+            for key in [(part, own) for part in (None, *parts) for own in (False, True)]:
+                params = [p for p in group["params"] if key_of.get(id(p), (None, False)) == key]
                 if params:
-                    rate = settings["lr"] if part is None else float(self.part_learning_rates[part])
+                    rate = settings["lr"] if key[0] is None else float(parts[key[0]])
                     groups.append({**settings, "params": params, "lr": rate})
         # The optimizer holds no state yet: its groups are replaced in place (any torch optimizer class).
         optimizer.param_groups.clear()
@@ -287,6 +305,74 @@ class StormTrainer(Trainer):
 
             plan = training_plan(self.args, **(self.train_plan or {}))
             write_json_atomically(os.path.join(output_dir, PLAN_NAME), plan)
+
+
+def _fsdp_plugin(accelerator):
+    from accelerate.utils import DistributedType
+
+    state = accelerator.state
+    return getattr(state, "fsdp_plugin", None) if state.distributed_type == DistributedType.FSDP else None
+
+
+def _low_precision_fsdp2(accelerator):
+    """accelerate's FSDP2 plugin when its mixed-precision policy gathers parameters below fp32, else None."""
+    plugin = _fsdp_plugin(accelerator)
+    if plugin is None or getattr(plugin, "fsdp_version", 1) != 2:
+        return None
+    dtype = getattr(plugin.mixed_precision_policy, "param_dtype", None)
+    return plugin if dtype is not None and dtype != torch.float32 else None
+
+
+def _check_fsdp(accelerator) -> None:
+    """Refuse the FSDP setups under which A_log and D would reach the scan below fp32: FSDP1 with mixed precision
+    (it casts every flat parameter of a unit and has no per-module policy), and FSDP2 with mixed precision and
+    `cpu_ram_efficient_loading` (accelerate then reloads every parameter from rank 0's state dict captured after
+    `StormTrainer` has sharded the mixers, which it cannot do with parameters already sharded)."""
+    plugin = _fsdp_plugin(accelerator)
+    if plugin is None:
+        return
+    dtype = getattr(plugin.mixed_precision_policy, "param_dtype", None)
+    if getattr(plugin, "fsdp_version", 1) == 1 and dtype is not None and dtype != torch.float32:
+        raise ValueError(
+            f"FSDP version 1 with mixed precision ({dtype}) would run the temporal encoder's A_log and D in {dtype}; "
+            "STORM keeps them fp32. Use FSDP version 2 (fsdp_config: {version: 2}, transformers' default), under "
+            "which storm-hf train keeps them fp32, or train without mixed precision.")
+    if _low_precision_fsdp2(accelerator) is not None and plugin.cpu_ram_efficient_loading:
+        raise ValueError(
+            f"FSDP2 with mixed precision ({dtype}) and cpu_ram_efficient_loading: STORM shards its temporal mixers "
+            "itself to keep A_log and D fp32, and accelerate's rank-0 loading cannot reload parameters already "
+            "sharded. Set fsdp_config: {cpu_ram_efficient_loading: false} (every process then loads the "
+            "checkpoint into CPU memory once), or train without mixed precision.")
+
+
+def _shard_temporal_mixers_for_accelerate(accelerator, model) -> None:
+    """Under accelerate's FSDP2 with mixed precision (`bf16: true` with `fsdp` in TrainingArguments, or an
+    accelerate config with FSDP version 2), shard the temporal mixers as `storm_hf.training.fsdp.
+    shard_temporal_mixers` does, with the plugin's policy, mesh, resharding and offload: accelerate gives every unit
+    one policy, which would cast A_log and D to bf16 for the scan; it skips modules already sharded and shards the
+    rest of the model as before. Without mixed precision accelerate is left to shard everything."""
+    plugin = _low_precision_fsdp2(accelerator)
+    if plugin is None:
+        return
+    from .fsdp import shard_temporal_mixers
+
+    mesh = getattr(accelerator, "torch_device_mesh", None)
+    if mesh is not None:  # as accelerate's fsdp2_prepare_model picks its FSDP dimensions
+        mesh = mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)]
+    shard_temporal_mixers(model, plugin.mixed_precision_policy, mesh=mesh,
+                          reshard_after_forward=plugin.reshard_after_forward, offload_policy=plugin.cpu_offload)
+
+
+def _fsdp_fallback(args, accelerator) -> str | None:
+    """The note `storm-hf train` prints when FSDP was asked for (`fsdp` in TrainingArguments, or accelerate's
+    ACCELERATE_USE_FSDP) but accelerate runs without it: it turns FSDP on only for GPUs and other accelerators, and
+    runs CPU processes as DDP (the same weights, every process holding the whole model) or one process alone."""
+    asked = bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if not asked or _fsdp_plugin(accelerator) is not None:
+        return None
+    kind = str(accelerator.state.distributed_type).rsplit(".", 1)[-1]
+    return (f"note: FSDP was asked for, but accelerate runs this job as {kind} (it turns FSDP on only for GPUs and "
+            "other accelerators): the model is not sharded; every process holds all of it.")
 
 
 def _require_training_packages():
@@ -428,6 +514,35 @@ def _check_deepspeed_optimizer(args) -> None:
             "runs under DeepSpeed with A_log and D in their no-decay group.")
 
 
+def _deepspeed_casts_the_model(args) -> bool:
+    """Whether DeepSpeed runs this job in bf16 or fp16 (it then casts the model's parameters to that dtype)."""
+    config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
+    if not getattr(args, "deepspeed", None) or not config:
+        return False
+
+    def enabled(name):  # "auto" follows TrainingArguments (transformers resolves it when the arguments are made)
+        value = (config.get(name) or {}).get("enabled", False)
+        return value is True or (value == "auto" and bool(getattr(args, name, False)))
+
+    return enabled("bf16") or enabled("fp16")
+
+
+def _deepspeed_precision_note(args) -> str | None:
+    """What DeepSpeed in bf16 / fp16 does to A_log and D, which `storm-hf train` prints: DeepSpeed casts every
+    parameter to the training dtype when it starts (it keeps only buffers fp32), so their digits below bf16's are
+    lost once; under ZeRO-1/2 they then train in fp32 (StormTrainer gives them groups of their own, which DeepSpeed
+    keeps in their dtype), under ZeRO-3 the mixers compute with 16-bit copies (DeepSpeed's fp32 master weights
+    keep the updates)."""
+    if not _deepspeed_casts_the_model(args):
+        return None
+    stage = ((args.hf_deepspeed_config.config.get("zero_optimization") or {}).get("stage", 0))
+    after = ("then train in fp32 (groups of their own)" if stage in (0, 1, 2) else
+             "then enter the mixers as 16-bit copies under ZeRO-3 (DeepSpeed's fp32 master weights keep the updates)")
+    return ("note: DeepSpeed casts every parameter to its 16-bit dtype when it starts (it keeps only buffers fp32): the "
+            f"temporal mixers' A_log and D are rounded to it once and {after}. FSDP2 (fsdp in the training "
+            "arguments) keeps them fp32 throughout.")
+
+
 def _join_deepspeed_to_the_process_group(args) -> None:
     """Under DeepSpeed ZeRO-3, `from_pretrained` builds the model inside `deepspeed.zero.Init`, which sizes its
     batch checks by DeepSpeed's own communication layer; on a CPU (DS_ACCELERATOR=cpu) that layer is not joined to
@@ -548,6 +663,9 @@ def train(config: dict, callbacks=None):
                                          callbacks=[*(callbacks or []), _StartsTraining(args.output_dir)])
     trainer.train_plan = plan_settings
     trainer.part_learning_rates = part_rates
+    for note in (_fsdp_fallback(args, trainer.accelerator), _deepspeed_precision_note(args)):
+        if note:
+            say(note)
     if resume:
         trainer.schedule_check = _schedule_check(resume, state, args, bool(config.get("extend_schedule")), say)
     trainer.train(resume_from_checkpoint=resume or None)
