@@ -54,10 +54,11 @@ def write_square_clips_job(root) -> None:
     StormProcessor.from_config(config, tokenizer=tokenizer).save_pretrained(os.path.join(root, "model"))
 
 
-def launch_train(root, name, processes, training, entry=("-m", "storm_hf", "train"), env=None):
+def launch_train(root, name, processes, training, entry=("-m", "storm_hf", "train"), env=None, launcher=None):
     """`storm-hf train` (or ``entry``, a script taking the job's path) of the tiny model of `write_square_clips_job`
-    on its clips, 4 frames, under torch's launcher with ``processes`` processes; ``training``: the job's training
-    section (output_dir is ``root/name``). Returns the finished process."""
+    on its clips, 4 frames, under torch's launcher with ``processes`` processes (or ``launcher``, the arguments of
+    `accelerate launch` before the script); ``training``: the job's training section (output_dir is ``root/name``).
+    Returns the finished process."""
     import os
     import subprocess
     import sys
@@ -68,6 +69,10 @@ def launch_train(root, name, processes, training, entry=("-m", "storm_hf", "trai
            "num_frames": 4, "stage": "sft", "training": {"output_dir": str(root / name), **training}}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(job))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={processes}", *entry, str(root / f"{name}.yaml")],
-                          capture_output=True, text=True, timeout=600, env=env)
+    if launcher is None:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    else:
+        launch = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(processes),
+                  "--num_machines", "1", "--dynamo_backend", "no"]
+    return subprocess.run([*launch, *entry, str(root / f"{name}.yaml")], capture_output=True, text=True,
+                          timeout=600, env=env)

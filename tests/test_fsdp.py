@@ -213,9 +213,10 @@ def workspace(tmp_path_factory):
     return root
 
 
-def train(root, name, processes, fsdp=True, bf16=False, optim="sgd", max_steps=3):
+def train(root, name, processes, fsdp=True, bf16=False, optim="sgd", max_steps=3, launcher=None):
     """`storm-hf train`, global batch 4 over ``processes`` processes, with FSDP2 in TrainingArguments (transformers'
-    default fsdp_config) when ``fsdp``; returns the finished launch and what each rank's mixers saw."""
+    default fsdp_config) when ``fsdp``, under torch's launcher or `accelerate launch` with ``launcher``; returns the
+    finished launch and what each rank's mixers saw."""
     # SGD against one process: Adam would turn the ~0 gradients of parameters the loss does not depend on (attention
     # key biases) into lr-sized steps whose sign is rounding noise, different in every run.
     training = {"max_steps": max_steps, "per_device_train_batch_size": 4 // processes, "optim": optim,
@@ -223,7 +224,7 @@ def train(root, name, processes, fsdp=True, bf16=False, optim="sgd", max_steps=3
                 "logging_steps": 1, "use_cpu": True, "seed": 0, "bf16": bf16}
     if fsdp:
         training.update(fsdp="full_shard auto_wrap", fsdp_config={"version": 2})
-    done = launch_train(root, name, processes, training, entry=(str(root / "worker.py"),))
+    done = launch_train(root, name, processes, training, entry=(str(root / "worker.py"),), launcher=launcher)
     assert done.returncode == 0, done.stderr[-4000:]
     seen = [json.load(open(root / f"{name}.seen-{rank}.json")) for rank in range(processes)]
     return done, seen
@@ -233,13 +234,17 @@ def weights(folder):
     return StormForConditionalGeneration.from_pretrained(folder).state_dict()
 
 
-def test_storm_hf_train_under_accelerate_fsdp2_matches_one_process_and_keeps_A_log_and_D_fp32(workspace):
+def test_accelerate_launch_use_fsdp_matches_one_process_and_saves_the_whole_model(workspace):
+    """`accelerate launch --use_fsdp --fsdp_version 2` (the README's GPU command; accelerate's FSDP settings come from
+    the launcher, with its default sharded state dicts): 2 processes give the weights of 1; Trainer's checkpoints are
+    sharded (model and optimizer folders) and its final save_model would write no weights: StormTrainer gathers the
+    final model whole, with STORM's remote code."""
     train(workspace, "one-process", 1, fsdp=False)
-    done, seen = train(workspace, "fsdp", 2)
-    assert "trained steps 0 -> 3" in done.stdout
+    done, seen = train(workspace, "fsdp", 2, fsdp=False, launcher=["--use_fsdp", "--fsdp_version", "2"])
+    assert "trained steps 0 -> 3" in done.stdout and "Outputs: model in" in done.stdout
     assert seen == [[["torch.float32", "torch.float32", "torch.float32"]]] * 2
+    assert {"pytorch_model_fsdp_0", "optimizer_0"} <= set(os.listdir(workspace / "fsdp" / "checkpoint-2"))
     assert_remote_code_saved(workspace / "fsdp")
-    assert "pytorch_model_fsdp.bin" in os.listdir(workspace / "fsdp" / "checkpoint-2")  # Trainer's FSDP checkpoint
     reference = weights(workspace / "one-process")
     got = weights(workspace / "fsdp")
     assert list(got) == list(reference)
@@ -254,8 +259,10 @@ def test_storm_hf_train_under_accelerate_fsdp2_bf16_keeps_A_log_and_D_fp32_and_r
     _, seen = train(workspace, "bf16-straight", 2, bf16=True, optim="adamw_torch")
     assert seen == [[["torch.float32", "torch.float32", "torch.bfloat16"]]] * 2
     train(workspace, "bf16-extended", 2, bf16=True, optim="adamw_torch", max_steps=2)
+    assert "pytorch_model_fsdp.bin" in os.listdir(workspace / "bf16-extended" / "checkpoint-2")  # full state dicts
     done, _ = train(workspace, "bf16-extended", 2, bf16=True, optim="adamw_torch", max_steps=3)
     assert "resuming from" in done.stdout and "checkpoint-2" in done.stdout
+    assert_remote_code_saved(workspace / "bf16-extended")
     straight, extended = weights(workspace / "bf16-straight"), weights(workspace / "bf16-extended")
     assert {str(value.dtype) for value in straight.values()} == {"torch.float32"}
     for key, value in straight.items():

@@ -44,10 +44,11 @@ num_frames or stage, unless `resume_with_changes: true`. `resume: false` trains 
 Under `accelerate launch --multi_gpu --num_processes N -m storm_hf train CONFIG` the same job runs data-parallel
 (DDP), with per_device_train_batch_size per process; `training: {deepspeed: ds.json}` runs it under DeepSpeed ZeRO
 (a config whose "optimizer" section decays weights is refused: DeepSpeed would decay A_log and D), and
-`training: {fsdp: "full_shard auto_wrap", fsdp_config: {version: 2}}` under FSDP2, where with mixed precision the
-temporal mixers are sharded first with A_log and D kept fp32 (FSDP1 with mixed precision is refused). In a loop of
-your own, `storm_hf.training.fsdp.shard_model` does the same (examples/fsdp_train.py); see the README's engine table
-in "Fine-tuning".
+`accelerate launch --use_fsdp --fsdp_version 2 ...` or `training: {fsdp: "full_shard auto_wrap", fsdp_config:
+{version: 2}}` under FSDP2, where with mixed precision the temporal mixers are sharded first with A_log and D kept
+fp32 (FSDP1 with mixed precision is refused) and the final model is saved whole whatever the state dict type. In a
+loop of your own, `storm_hf.training.fsdp.shard_model` does the same (examples/fsdp_train.py); see the README's
+engine table in "Fine-tuning".
 """
 
 from __future__ import annotations
@@ -292,6 +293,13 @@ class StormTrainer(Trainer):
             sync_folder(folder)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        plugin = _fsdp_plugin(self.accelerator)
+        if plugin is not None and not _internal_call and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+            # Under FSDP with a sharded state dict type (accelerate's default for `accelerate launch --use_fsdp`),
+            # Trainer's save_model writes no weights at all; the model it was asked for is gathered whole here
+            # (every process takes part). Checkpoints keep Trainer's sharded layout, which resumes.
+            self._save(output_dir or self.args.output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+            return
         super().save_model(output_dir, _internal_call=_internal_call)
         if not _internal_call or not output_dir or not re.fullmatch(r"checkpoint-\d+", os.path.basename(output_dir)):
             return
@@ -303,6 +311,7 @@ class StormTrainer(Trainer):
         if self.args.should_save:
             from .checkpoints import PLAN_NAME, training_plan, write_json_atomically
 
+            os.makedirs(output_dir, exist_ok=True)  # under FSDP's sharded state dicts no weights made it yet
             plan = training_plan(self.args, **(self.train_plan or {}))
             write_json_atomically(os.path.join(output_dir, PLAN_NAME), plan)
 
@@ -700,4 +709,16 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="the job: a JSON file, or YAML (.yaml / .yml), with the keys above")
     args = parser.parse_args(argv)
-    return train(load_config(args.config))
+    run = train(load_config(args.config))
+    _leave_the_process_group()
+    return run
+
+
+def _leave_the_process_group() -> None:
+    """Under a launcher, every process leaves together: one that exits while another still writes the final outputs
+    could tear gloo's connections down under it (seen as "terminate called without an active exception" aborts)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
