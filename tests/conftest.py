@@ -76,3 +76,26 @@ def launch_train(root, name, processes, training, entry=("-m", "storm_hf", "trai
                   "--num_machines", "1", "--dynamo_backend", "no"]
     return subprocess.run([*launch, *entry, str(root / f"{name}.yaml")], capture_output=True, text=True,
                           timeout=600, env=env)
+
+
+# A script running `storm-hf train` on the job given as its argument, recording what the temporal mixers saw (A_log's,
+# D's and in_proj's output dtypes) into <job>.seen-<rank>.json; `recording_train_worker(prelude)` puts ``prelude``
+# (code run first, e.g. a setting of accelerate) before it.
+_RECORDING_WORKER = r'''
+import json, os, sys
+from storm_hf.modeling_storm import StormMambaMixer
+seen = set()
+real_ssm = StormMambaMixer._ssm
+def recording(self, x, *args, **kwargs):  # x: in_proj's output, in the projections' compute dtype
+    seen.add((str(self.A_log.dtype), str(self.D.dtype), str(x.dtype)))
+    return real_ssm(self, x, *args, **kwargs)
+StormMambaMixer._ssm = recording
+from storm_hf.training.job import main
+main(sys.argv[1:])
+with open(sys.argv[1][:-len(".yaml")] + f".seen-{os.environ['RANK']}.json", "w") as f:
+    json.dump(sorted(seen), f)
+'''
+
+
+def recording_train_worker(prelude: str = "") -> str:
+    return prelude + _RECORDING_WORKER

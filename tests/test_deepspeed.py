@@ -12,7 +12,7 @@ import torch
 deepspeed = pytest.importorskip("deepspeed", reason="needs deepspeed (bash .ci/deepspeed_job)")
 
 from storm_hf import StormForConditionalGeneration  # noqa: E402
-from .conftest import launch_train, write_square_clips_job  # noqa: E402
+from .conftest import launch_train, recording_train_worker, write_square_clips_job  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -20,23 +20,6 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("deepspeed")
     write_square_clips_job(root)
     return root
-
-
-# `storm-hf train`, recording what the temporal mixers saw into <job>.seen-<rank>.json.
-RECORDING_WORKER = r'''
-import json, os, sys
-from storm_hf.modeling_storm import StormMambaMixer
-seen = set()
-real_ssm = StormMambaMixer._ssm
-def recording(self, x, *args, **kwargs):  # x: in_proj's output, in the projections' compute dtype
-    seen.add((str(self.A_log.dtype), str(self.D.dtype), str(x.dtype)))
-    return real_ssm(self, x, *args, **kwargs)
-StormMambaMixer._ssm = recording
-from storm_hf.training.job import main
-main(sys.argv[1:])
-with open(sys.argv[1][:-len(".yaml")] + f".seen-{os.environ['RANK']}.json", "w") as f:
-    json.dump(sorted(seen), f)
-'''
 
 
 def train(root, name, processes, zero=None, max_steps=3, optimizer_section=None, bf16=False):
@@ -59,7 +42,7 @@ def train(root, name, processes, zero=None, max_steps=3, optimizer_section=None,
         (root / f"{name}-ds.json").write_text(json.dumps(ds))
         training["deepspeed"] = str(root / f"{name}-ds.json")
     if bf16:
-        (root / "recording_worker.py").write_text(RECORDING_WORKER)
+        (root / "recording_worker.py").write_text(recording_train_worker())
         return launch_train(root, name, processes, training, entry=(str(root / "recording_worker.py"),),
                             env={"DS_ACCELERATOR": "cpu"})
     return launch_train(root, name, processes, training, env={"DS_ACCELERATOR": "cpu"})

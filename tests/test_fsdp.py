@@ -21,7 +21,7 @@ import torch
 
 from storm_hf import StormForConditionalGeneration
 
-from .conftest import launch_train, write_square_clips_job
+from .conftest import launch_train, recording_train_worker, write_square_clips_job
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -173,10 +173,8 @@ def assert_remote_code_saved(folder):
     assert auto_map["AutoModelForImageTextToText"] == "modeling_storm.StormForConditionalGeneration"
 
 
-# `storm-hf train` with accelerate's FSDP on CPU processes (see the module docstring), recording what the temporal
-# mixers saw into <job>.seen-<rank>.json.
-ACCELERATE_WORKER = r'''
-import json, os, sys
+# accelerate's FSDP on CPU processes (see the module docstring), before `recording_train_worker`'s storm-hf train.
+FSDP_ON_CPU = r'''
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
 
@@ -189,19 +187,6 @@ def init_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
             fsdp_plugin.set_mixed_precision(self._mixed_precision)
         self.fsdp_plugin = fsdp_plugin
 AcceleratorState.__init__ = init_with_fsdp_on_cpu
-
-from storm_hf.modeling_storm import StormMambaMixer
-seen = set()
-real_ssm = StormMambaMixer._ssm
-def recording(self, x, *args, **kwargs):  # x: in_proj's output, in the projections' compute dtype
-    seen.add((str(self.A_log.dtype), str(self.D.dtype), str(x.dtype)))
-    return real_ssm(self, x, *args, **kwargs)
-StormMambaMixer._ssm = recording
-
-from storm_hf.training.job import main
-main(sys.argv[1:])
-with open(sys.argv[1][:-len(".yaml")] + f".seen-{os.environ['RANK']}.json", "w") as f:
-    json.dump(sorted(seen), f)
 '''
 
 
@@ -209,7 +194,7 @@ with open(sys.argv[1][:-len(".yaml")] + f".seen-{os.environ['RANK']}.json", "w")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("accelerate-fsdp")
     write_square_clips_job(root)
-    (root / "worker.py").write_text(ACCELERATE_WORKER)
+    (root / "worker.py").write_text(recording_train_worker(FSDP_ON_CPU))
     return root
 
 

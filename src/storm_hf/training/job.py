@@ -547,9 +547,9 @@ def _deepspeed_precision_note(args) -> str | None:
     stage = ((args.hf_deepspeed_config.config.get("zero_optimization") or {}).get("stage", 0))
     after = ("then train in fp32 (groups of their own)" if stage in (0, 1, 2) else
              "then enter the mixers as 16-bit copies under ZeRO-3 (DeepSpeed's fp32 master weights keep the updates)")
-    return ("note: DeepSpeed casts every parameter to its 16-bit dtype when it starts (it keeps only buffers fp32): the "
-            f"temporal mixers' A_log and D are rounded to it once and {after}. FSDP2 (fsdp in the training "
-            "arguments) keeps them fp32 throughout.")
+    return ("note: DeepSpeed casts every parameter to its 16-bit dtype when it starts (it keeps only buffers "
+            f"fp32): the temporal mixers' A_log and D are rounded to it once and {after}. FSDP2 (fsdp in the "
+            "training arguments) keeps them fp32 throughout.")
 
 
 def _join_deepspeed_to_the_process_group(args) -> None:
