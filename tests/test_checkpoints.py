@@ -198,6 +198,23 @@ def test_a_save_that_fails_after_moving_entries_puts_them_back(tmp_path, monkeyp
     assert not [p for p in os.listdir(tmp_path) if ".saving-" in p]
 
 
+def test_saves_keep_the_models_own_parameter_names(tmp_path):
+    """Whatever renamings the load recorded: DeepSpeed ZeRO-3's loader records every one transformers knows for the
+    model, the legacy ones included, and transformers' save reverted them (model.language_model.model.*,
+    model.vision_tower.vision_model.*). The recorded list comes back after the save."""
+    from safetensors import safe_open
+    from transformers.conversion_mapping import get_model_conversion_mapping
+
+    model = tiny_model()
+    names = set(model.state_dict())
+    recorded = get_model_conversion_mapping(model, add_legacy=True)
+    model._weight_conversions = recorded  # as DeepSpeed ZeRO-3's from_pretrained leaves it
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == names
+    assert model._weight_conversions is recorded
+
+
 def test_sharded_save_round_trip(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path, max_shard_size="100KB")

@@ -48,6 +48,13 @@ def train(root, name, processes, zero=None, max_steps=3, optimizer_section=None,
     return launch_train(root, name, processes, training, env={"DS_ACCELERATOR": "cpu"})
 
 
+def stored_names(folder):
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return set(f.keys())
+
+
 def weights(folder):
     return StormForConditionalGeneration.from_pretrained(folder).state_dict()
 
@@ -75,6 +82,9 @@ def test_zero2_and_zero3_with_two_processes_match_one_process_without_deepspeed(
         # A_log would differ at once. ZeRO-3's checkpoint is the gathered one
         # (stage3_gather_16bit_weights_on_model_save).
         assert_same_weights(workspace / f"zero{zero}", reference)
+        # Saved under the model's own names (ZeRO-3's loader records transformers' legacy renamings, which its save
+        # used to revert: model.language_model.model.*, model.vision_tower.vision_model.*).
+        assert stored_names(workspace / f"zero{zero}") == stored_names(workspace / "plain")
 
 
 def test_ddp_with_two_processes_matches_one_process(workspace):

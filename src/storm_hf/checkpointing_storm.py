@@ -24,6 +24,9 @@ from .configuration_storm import StormConfig
 _REPLACED_WEIGHTS = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
 
 
+_NOT_RECORDED = object()
+
+
 def _model_class(cls: type) -> type:
     """``cls``, or for a class torch made around a model (FSDP2's `FSDP<Name>` subclass) the model class it wraps."""
     return next(c for c in cls.__mro__ if not c.__module__.startswith("torch."))
@@ -84,7 +87,19 @@ class StormCheckpointMixin:
         return result
 
     def _save_with_remote_code(self, save_directory, *args, **kwargs):
-        result = super().save_pretrained(save_directory, *args, **kwargs)
+        # STORM checkpoints hold the model's own parameter names. transformers reverts on save the renamings it
+        # recorded at load (`_weight_conversions`), and under DeepSpeed ZeRO-3 its loader records every renaming it
+        # knows, the legacy ones included: the LLM's and image encoder's weights were saved as
+        # model.language_model.model.* and model.vision_tower.vision_model.*. No renaming is reverted here.
+        recorded = self.__dict__.get("_weight_conversions", _NOT_RECORDED)
+        self.__dict__["_weight_conversions"] = []
+        try:
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            if recorded is _NOT_RECORDED:
+                del self.__dict__["_weight_conversions"]
+            else:
+                self.__dict__["_weight_conversions"] = recorded
         model_class = _model_class(type(self))
         if model_class is not type(self) and kwargs.get("is_main_process", True):
             from transformers.dynamic_module_utils import custom_object_save
