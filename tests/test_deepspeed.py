@@ -97,16 +97,19 @@ def test_ddp_with_two_processes_matches_one_process(workspace):
     assert_same_weights(workspace / "ddp", weights(workspace / "plain"))
 
 
-@pytest.mark.parametrize("zero", [2, 3])
-def test_run_extended_from_its_checkpoint_ends_where_a_straight_run_ends(workspace, zero):
-    straight = train(workspace, f"straight{zero}", 2, zero=zero, max_steps=3)
+@pytest.mark.parametrize("zero, bf16", [(2, False), (3, False), (2, True)])
+def test_run_extended_from_its_checkpoint_ends_where_a_straight_run_ends(workspace, zero, bf16):
+    """With bf16 under ZeRO-2, A_log and D are put back after DeepSpeed's cast in the straight run only: the
+    extension takes them, and the master copy, from its checkpoint."""
+    name = f"{zero}{'-bf16' if bf16 else ''}"
+    straight = train(workspace, f"straight{name}", 2, zero=zero, max_steps=3, bf16=bf16)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    first = train(workspace, f"extended{zero}", 2, zero=zero, max_steps=2)
+    first = train(workspace, f"extended{name}", 2, zero=zero, max_steps=2, bf16=bf16)
     assert first.returncode == 0, first.stderr[-3000:]
-    more = train(workspace, f"extended{zero}", 2, zero=zero, max_steps=3)  # constant schedule: extending is allowed
+    more = train(workspace, f"extended{name}", 2, zero=zero, max_steps=3, bf16=bf16)  # constant schedule: extends
     assert more.returncode == 0, more.stderr[-3000:]
     assert "resuming from" in more.stdout and "checkpoint-2" in more.stdout
-    assert_same_weights(workspace / f"extended{zero}", weights(workspace / f"straight{zero}"), tolerance=0)
+    assert_same_weights(workspace / f"extended{name}", weights(workspace / f"straight{name}"), tolerance=0)
 
 
 def test_a_deepspeed_optimizer_that_would_decay_A_log_and_D_is_refused(workspace):
@@ -121,16 +124,21 @@ def test_bf16_under_zero2_and_zero3_trains_and_says_what_happens_to_A_log_and_D(
     """DeepSpeed casts every parameter to bf16 when it starts (it keeps only buffers fp32). ZeRO-2 flattens each
     parameter group into one buffer: with A_log and D (kept fp32 by the mixers) in the group of the biases and norms,
     that group was promoted to fp32 and the run failed ("self and mat2 must have the same dtype"); they have groups
-    of their own now and reach the scan as fp32. Under ZeRO-3 the mixers get bf16 copies. The run says both."""
+    of their own now, reach the scan as fp32, and start from their values as loaded (put back after the cast, in the
+    model and DeepSpeed's master copy): they end where the fp32 run's end, to far better than bf16's 4e-3 spacing.
+    Under ZeRO-3 the mixers get bf16 copies, and the run says so."""
     if not (workspace / "plain" / "model.safetensors").exists():
         assert train(workspace, "plain", 1).returncode == 0
     reference = weights(workspace / "plain")
     for zero, expected in ((2, ["torch.float32", "torch.float32", "torch.bfloat16"]), (3, ["torch.bfloat16"] * 3)):
         run = train(workspace, f"bf16-zero{zero}", 2, zero=zero, bf16=True)
         assert run.returncode == 0, run.stderr[-3000:]
-        assert "trained steps 0 -> 3" in run.stdout and "A_log and D are rounded to it once" in run.stdout
+        assert "trained steps 0 -> 3" in run.stdout
+        assert ("enter the scan as 16-bit copies" in run.stdout) == (zero == 3)
         for rank in range(2):
             assert json.load(open(workspace / f"bf16-zero{zero}.seen-{rank}.json")) == [expected]
         got = weights(workspace / f"bf16-zero{zero}")
         for key, value in reference.items():  # bf16 training of the same steps; weight decay 0.5 kept off A_log, D
-            torch.testing.assert_close(got[key].float(), value, rtol=5e-2, atol=5e-2, msg=key)
+            ssm = key.endswith((".A_log", ".D"))
+            tolerance = 1e-4 if zero == 2 and ssm else 5e-2
+            torch.testing.assert_close(got[key].float(), value, rtol=tolerance, atol=tolerance, msg=key)

@@ -452,6 +452,27 @@ class _StartsTraining(TrainerCallback):
             clear_finished(self.output_dir)
 
 
+class _PutBackSsmValuesAfterDeepSpeedCast(TrainerCallback):
+    """DeepSpeed in bf16 / fp16 casts every parameter to its 16-bit dtype when it starts (it keeps only buffers
+    fp32), which rounds A_log and D; under ZeRO-0/1/2 they then train in fp32 (groups of their own, see
+    StormTrainer.create_optimizer), so before the first step their values as loaded are put back, in the model and
+    in DeepSpeed's fp32 master copy. Only for a run from the start (a resumed one restores both from its checkpoint)."""
+
+    def __init__(self, values: dict):
+        self.values = values  # {parameter name: fp32 values as loaded}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        for name, parameter in model.named_parameters():
+            if name in self.values and parameter.dtype == torch.float32:
+                value = self.values[name].to(parameter.device)
+                with torch.no_grad():
+                    parameter.copy_(value)
+                safe_set_full_fp32_param(parameter, value)  # the optimizer's master copy (trainable ones)
+        self.values = {}
+
+
 def _schedule_check(checkpoint: str, state: dict, args, extend: bool, say):
     """The check StormTrainer runs with the number of steps this run plans, before it builds the scheduler:
     a resume is refused (unless `extend`) when the checkpoint's steps used learning rates that a straight run
@@ -537,19 +558,19 @@ def _deepspeed_casts_the_model(args) -> bool:
 
 
 def _deepspeed_precision_note(args) -> str | None:
-    """What DeepSpeed in bf16 / fp16 does to A_log and D, which `storm-hf train` prints: DeepSpeed casts every
-    parameter to the training dtype when it starts (it keeps only buffers fp32), so their digits below bf16's are
-    lost once; under ZeRO-1/2 they then train in fp32 (StormTrainer gives them groups of their own, which DeepSpeed
-    keeps in their dtype), under ZeRO-3 the mixers compute with 16-bit copies (DeepSpeed's fp32 master weights
-    keep the updates)."""
+    """What DeepSpeed ZeRO-3 in bf16 / fp16 does to A_log and D, which `storm-hf train` prints: DeepSpeed casts every
+    parameter to the training dtype (it keeps only buffers fp32), and under ZeRO-3 the mixers then compute with
+    16-bit copies (DeepSpeed's fp32 master weights keep the updates). Under ZeRO-0/1/2 they train in fp32 from
+    their values as loaded (groups of their own, put back after the cast): nothing to say."""
     if not _deepspeed_casts_the_model(args):
         return None
     stage = ((args.hf_deepspeed_config.config.get("zero_optimization") or {}).get("stage", 0))
-    after = ("then train in fp32 (groups of their own)" if stage in (0, 1, 2) else
-             "then enter the mixers as 16-bit copies under ZeRO-3 (DeepSpeed's fp32 master weights keep the updates)")
-    return ("note: DeepSpeed casts every parameter to its 16-bit dtype when it starts (it keeps only buffers "
-            f"fp32): the temporal mixers' A_log and D are rounded to it once and {after}. FSDP2 (fsdp in the "
-            "training arguments) keeps them fp32 throughout.")
+    if stage in (0, 1, 2):
+        return None  # A_log and D train in fp32 from their values as loaded (_PutBackSsmValuesAfterDeepSpeedCast)
+    return ("note: DeepSpeed casts every parameter to its 16-bit dtype when it starts (it keeps only buffers fp32): "
+            "under ZeRO-3 the temporal mixers' A_log and D are rounded to it and enter the scan as 16-bit copies "
+            "(DeepSpeed's fp32 master weights keep the updates). FSDP2 (fsdp in the training arguments) keeps them "
+            "fp32 throughout.")
 
 
 def _join_deepspeed_to_the_process_group(args) -> None:
@@ -656,6 +677,8 @@ def train(config: dict, callbacks=None):
     model = apply_training_stage(model, stage, lora_rank=lora.get("rank", 16),
                                  lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.05))
     freeze_parts(model, config.get("freeze") or [])
+    ssm_values = {name: value.detach().clone() for name, value in model.named_parameters()
+                  if name in no_weight_decay_parameter_names(model)} if _deepspeed_casts_the_model(args) else {}
     if args.gradient_checkpointing and stage == "lora":
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     if main_process:
@@ -670,6 +693,10 @@ def train(config: dict, callbacks=None):
                                  num_frames=config.get("num_frames"))
     trainer = run.trainer = StormTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                                          callbacks=[*(callbacks or []), _StartsTraining(args.output_dir)])
+    zero_stage = ((getattr(args.hf_deepspeed_config, "config", None) or {}).get("zero_optimization") or {}).get(
+        "stage", 0) if _deepspeed_casts_the_model(args) else None
+    if zero_stage in (0, 1, 2) and not resume:
+        trainer.add_callback(_PutBackSsmValuesAfterDeepSpeedCast(ssm_values))
     trainer.train_plan = plan_settings
     trainer.part_learning_rates = part_rates
     for note in (_fsdp_fallback(args, trainer.accelerator), _deepspeed_precision_note(args)):
