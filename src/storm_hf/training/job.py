@@ -544,6 +544,14 @@ def _check_deepspeed_optimizer(args) -> None:
             "runs under DeepSpeed with A_log and D in their no-decay group.")
 
 
+def _zero_stage(args) -> int | None:
+    """The ZeRO stage of this job's DeepSpeed config (0 where it names none), or None without DeepSpeed."""
+    config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
+    if not getattr(args, "deepspeed", None) or not config:
+        return None
+    return (config.get("zero_optimization") or {}).get("stage", 0)
+
+
 def _deepspeed_casts_the_model(args) -> bool:
     """Whether DeepSpeed runs this job in bf16 or fp16 (it then casts the model's parameters to that dtype)."""
     config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
@@ -562,11 +570,8 @@ def _deepspeed_precision_note(args) -> str | None:
     parameter to the training dtype (it keeps only buffers fp32), and under ZeRO-3 the mixers then compute with
     16-bit copies (DeepSpeed's fp32 master weights keep the updates). Under ZeRO-0/1/2 they train in fp32 from
     their values as loaded (groups of their own, put back after the cast): nothing to say."""
-    if not _deepspeed_casts_the_model(args):
-        return None
-    stage = ((args.hf_deepspeed_config.config.get("zero_optimization") or {}).get("stage", 0))
-    if stage in (0, 1, 2):
-        return None  # A_log and D train in fp32 from their values as loaded (_PutBackSsmValuesAfterDeepSpeedCast)
+    if not _deepspeed_casts_the_model(args) or _zero_stage(args) in (0, 1, 2):
+        return None  # ZeRO-0/1/2: A_log and D train in fp32 from their values as loaded
     return ("note: DeepSpeed casts every parameter to its 16-bit dtype when it starts (it keeps only buffers fp32): "
             "under ZeRO-3 the temporal mixers' A_log and D are rounded to it and enter the scan as 16-bit copies "
             "(DeepSpeed's fp32 master weights keep the updates). FSDP2 (fsdp in the training arguments) keeps them "
@@ -677,8 +682,9 @@ def train(config: dict, callbacks=None):
     model = apply_training_stage(model, stage, lora_rank=lora.get("rank", 16),
                                  lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.05))
     freeze_parts(model, config.get("freeze") or [])
-    ssm_values = {name: value.detach().clone() for name, value in model.named_parameters()
-                  if name in no_weight_decay_parameter_names(model)} if _deepspeed_casts_the_model(args) else {}
+    put_back = _deepspeed_casts_the_model(args) and _zero_stage(args) in (0, 1, 2) and not resume
+    ssm_names = no_weight_decay_parameter_names(model) if put_back else set()
+    ssm_values = {name: value.detach().clone() for name, value in model.named_parameters() if name in ssm_names}
     if args.gradient_checkpointing and stage == "lora":
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     if main_process:
@@ -693,9 +699,7 @@ def train(config: dict, callbacks=None):
                                  num_frames=config.get("num_frames"))
     trainer = run.trainer = StormTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                                          callbacks=[*(callbacks or []), _StartsTraining(args.output_dir)])
-    zero_stage = ((getattr(args.hf_deepspeed_config, "config", None) or {}).get("zero_optimization") or {}).get(
-        "stage", 0) if _deepspeed_casts_the_model(args) else None
-    if zero_stage in (0, 1, 2) and not resume:
+    if put_back:  # DeepSpeed's cast would leave A_log and D rounded to 16 bits
         trainer.add_callback(_PutBackSsmValuesAfterDeepSpeedCast(ssm_values))
     trainer.train_plan = plan_settings
     trainer.part_learning_rates = part_rates
