@@ -248,7 +248,8 @@ class StormTrainer(Trainer):
         # fp32 (the mixers keep them so); ZeRO then flattens each parameter group into one buffer: a group mixing
         # them with 16-bit parameters is promoted to fp32 whole, and its biases and norms feed fp32 activations into
         # bf16 layers ("self and mat2 must have the same dtype").
-        own_groups = no_weight_decay_parameter_names(opt_model) if _deepspeed_casts_the_model(self.args) else set()
+        casts = _deepspeed_16bit_stage(self.args) is not None
+        own_groups = no_weight_decay_parameter_names(opt_model) if casts else set()
         if not parts and not own_groups:
             return optimizer
         from .data import parameter_part
@@ -323,13 +324,18 @@ def _fsdp_plugin(accelerator):
     return getattr(state, "fsdp_plugin", None) if state.distributed_type == DistributedType.FSDP else None
 
 
+def _gathered_dtype_below_fp32(plugin):
+    """The dtype the plugin's mixed-precision policy gathers parameters in, where it is below fp32; else None."""
+    dtype = getattr(plugin.mixed_precision_policy, "param_dtype", None)
+    return dtype if dtype is not None and dtype != torch.float32 else None
+
+
 def _low_precision_fsdp2(accelerator):
     """accelerate's FSDP2 plugin when its mixed-precision policy gathers parameters below fp32, else None."""
     plugin = _fsdp_plugin(accelerator)
     if plugin is None or getattr(plugin, "fsdp_version", 1) != 2:
         return None
-    dtype = getattr(plugin.mixed_precision_policy, "param_dtype", None)
-    return plugin if dtype is not None and dtype != torch.float32 else None
+    return plugin if _gathered_dtype_below_fp32(plugin) is not None else None
 
 
 def _check_fsdp(accelerator) -> None:
@@ -340,13 +346,13 @@ def _check_fsdp(accelerator) -> None:
     plugin = _fsdp_plugin(accelerator)
     if plugin is None:
         return
-    dtype = getattr(plugin.mixed_precision_policy, "param_dtype", None)
-    if getattr(plugin, "fsdp_version", 1) == 1 and dtype is not None and dtype != torch.float32:
+    dtype = _gathered_dtype_below_fp32(plugin)
+    if getattr(plugin, "fsdp_version", 1) == 1 and dtype is not None:
         raise ValueError(
             f"FSDP version 1 with mixed precision ({dtype}) would run the temporal encoder's A_log and D in {dtype}; "
             "STORM keeps them fp32. Use FSDP version 2 (fsdp_config: {version: 2}, transformers' default), under "
             "which storm-hf train keeps them fp32, or train without mixed precision.")
-    if _low_precision_fsdp2(accelerator) is not None and plugin.cpu_ram_efficient_loading:
+    if getattr(plugin, "fsdp_version", 1) == 2 and dtype is not None and plugin.cpu_ram_efficient_loading:
         raise ValueError(
             f"FSDP2 with mixed precision ({dtype}) and cpu_ram_efficient_loading: STORM shards its temporal mixers "
             "itself to keep A_log and D fp32, and accelerate's rank-0 loading cannot reload parameters already "
@@ -530,8 +536,7 @@ def _check_deepspeed_optimizer(args) -> None:
     """Refuse a DeepSpeed config whose "optimizer" section decays weights: DeepSpeed then builds the optimizer from
     one group of every trainable parameter (transformers hands it no groups), so the temporal mixers' A_log and D,
     which mamba_ssm and this job keep out of weight decay, would be decayed without a word."""
-    config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None) or {}
-    optimizer = config.get("optimizer")
+    optimizer = _deepspeed_config(args).get("optimizer")
     if not optimizer:
         return
     decay = (optimizer.get("params") or {}).get("weight_decay", 0)
@@ -544,25 +549,25 @@ def _check_deepspeed_optimizer(args) -> None:
             "runs under DeepSpeed with A_log and D in their no-decay group.")
 
 
-def _zero_stage(args) -> int | None:
-    """The ZeRO stage of this job's DeepSpeed config (0 where it names none), or None without DeepSpeed."""
-    config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
-    if not getattr(args, "deepspeed", None) or not config:
-        return None
-    return (config.get("zero_optimization") or {}).get("stage", 0)
+def _deepspeed_config(args) -> dict:
+    """This job's DeepSpeed config as transformers read it ({} without DeepSpeed)."""
+    if not getattr(args, "deepspeed", None):
+        return {}
+    return getattr(getattr(args, "hf_deepspeed_config", None), "config", None) or {}
 
 
-def _deepspeed_casts_the_model(args) -> bool:
-    """Whether DeepSpeed runs this job in bf16 or fp16 (it then casts the model's parameters to that dtype)."""
-    config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
-    if not getattr(args, "deepspeed", None) or not config:
-        return False
+def _deepspeed_16bit_stage(args) -> int | None:
+    """The ZeRO stage (0 where the config names none) when DeepSpeed runs this job in bf16 or fp16, and so casts
+    the model's parameters to that dtype; None otherwise."""
+    config = _deepspeed_config(args)
 
     def enabled(name):  # "auto" follows TrainingArguments (transformers resolves it when the arguments are made)
         value = (config.get(name) or {}).get("enabled", False)
         return value is True or (value == "auto" and bool(getattr(args, name, False)))
 
-    return enabled("bf16") or enabled("fp16")
+    if not (enabled("bf16") or enabled("fp16")):
+        return None
+    return (config.get("zero_optimization") or {}).get("stage", 0)
 
 
 def _deepspeed_precision_note(args) -> str | None:
@@ -570,7 +575,7 @@ def _deepspeed_precision_note(args) -> str | None:
     parameter to the training dtype (it keeps only buffers fp32), and under ZeRO-3 the mixers then compute with
     16-bit copies (DeepSpeed's fp32 master weights keep the updates). Under ZeRO-0/1/2 they train in fp32 from
     their values as loaded (groups of their own, put back after the cast): nothing to say."""
-    if not _deepspeed_casts_the_model(args) or _zero_stage(args) in (0, 1, 2):
+    if _deepspeed_16bit_stage(args) in (None, 0, 1, 2):
         return None  # ZeRO-0/1/2: A_log and D train in fp32 from their values as loaded
     return ("note: DeepSpeed casts every parameter to its 16-bit dtype when it starts (it keeps only buffers fp32): "
             "under ZeRO-3 the temporal mixers' A_log and D are rounded to it and enter the scan as 16-bit copies "
@@ -682,7 +687,7 @@ def train(config: dict, callbacks=None):
     model = apply_training_stage(model, stage, lora_rank=lora.get("rank", 16),
                                  lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.05))
     freeze_parts(model, config.get("freeze") or [])
-    put_back = _deepspeed_casts_the_model(args) and _zero_stage(args) in (0, 1, 2) and not resume
+    put_back = _deepspeed_16bit_stage(args) in (0, 1, 2) and not resume
     ssm_names = no_weight_decay_parameter_names(model) if put_back else set()
     ssm_values = {name: value.detach().clone() for name, value in model.named_parameters() if name in ssm_names}
     if args.gradient_checkpointing and stage == "lora":
